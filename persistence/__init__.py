@@ -1,0 +1,62 @@
+"""User-scoped task persistence on PostgreSQL (Neon) behind a Unit of Work.
+
+    from persistence import UnitOfWork, init_db
+
+    init_db()
+    with UnitOfWork() as uow:
+        task = uow.tasks.create(user_id="alice", title="Buy milk")
+
+Nothing connects, reads settings or builds an engine at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from persistence.config import Settings, load_settings
+from persistence.database import create_engine, dispose_engine, get_engine, init_db
+from persistence.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLostError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    IntegrityViolationError,
+    PersistenceError,
+    PoolTimeoutError,
+    TaskNotFoundError,
+    TaskValidationError,
+    TransactionConflictError,
+)
+from persistence.models import Task
+from persistence.repository import UNSET, TaskRepository
+from persistence.unit_of_work import UnitOfWork
+
+__all__ = [
+    "UNSET",
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionLostError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "IntegrityViolationError",
+    "PersistenceError",
+    "PoolTimeoutError",
+    "Settings",
+    "Task",
+    "TaskNotFoundError",
+    "TaskRepository",
+    "TaskValidationError",
+    "TransactionConflictError",
+    "UnitOfWork",
+    "create_engine",
+    "dispose_engine",
+    "get_engine",
+    "init_db",
+    "load_settings",
+]
+
+__version__ = "0.1.0"
+
+# A library logs, but leaves handlers to the application.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

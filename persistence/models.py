@@ -1,0 +1,249 @@
+"""The `Task` table and the input models that validate everything before it reaches SQL."""
+
+# No `from __future__ import annotations` here: SQLModel and pydantic read these annotations
+# at class creation, and plain ones keep that simple.
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import AfterValidator, ConfigDict, ValidationError, field_validator
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Identity,
+    Index,
+    func,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from persistence.errors import TaskValidationError
+
+__all__ = [
+    "DESCRIPTION_MAX",
+    "TASK_ID_MAX",
+    "TITLE_MAX",
+    "USER_ID_MAX",
+    "Task",
+    "TaskChanges",
+    "TaskCreate",
+    "check_flag",
+    "check_limit",
+    "check_task_id",
+    "check_user_id",
+    "validate",
+]
+
+USER_ID_MAX = 255
+TITLE_MAX = 200
+DESCRIPTION_MAX = 1000
+TASK_ID_MAX = 2**63 - 1
+"""The largest id the BIGINT column can hold; larger ids are simply not found."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """`timestamp with time zone`, always read back in UTC whatever the session's TimeZone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def coerce_compared_value(self, op: Any, value: Any) -> Any:
+        # `updated_at + timedelta(...)` must bind an interval, not a timestamp.
+        return self.impl_instance.coerce_compared_value(op, value)
+
+
+class Task(SQLModel, table=True):
+    """One user's task, as stored. Build new tasks through `uow.tasks.create`, not directly:
+    a table model skips validation in `__init__`."""
+
+    __tablename__: ClassVar[str] = "tasks"
+    __table_args__ = (
+        # Serves "this user's tasks, newest first" (scanned backwards) and keyset pages.
+        Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
+        # A second line of defence: the same rules the input models enforce.
+        CheckConstraint(
+            f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX} AND btrim(user_id) <> ''",
+            name="ck_tasks_user_id",
+        ),
+        CheckConstraint(
+            f"char_length(title) BETWEEN 1 AND {TITLE_MAX} AND title = btrim(title)",
+            name="ck_tasks_title",
+        ),
+        CheckConstraint(
+            f"description IS NULL OR char_length(description) <= {DESCRIPTION_MAX}",
+            name="ck_tasks_description",
+        ),
+        CheckConstraint("updated_at >= created_at", name="ck_tasks_updated_after_created"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, Identity(always=False), primary_key=True),
+    )
+    user_id: str = Field(max_length=USER_ID_MAX, nullable=False)
+    title: str = Field(max_length=TITLE_MAX, nullable=False)
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX, nullable=True)
+    complete: bool = Field(
+        default=False, nullable=False, sa_column_kwargs={"server_default": text("false")}
+    )
+    # Set by the server, in UTC, so that every application server agrees on the clock.
+    created_at: datetime = Field(
+        default=None,
+        sa_type=UTCDateTime,
+        nullable=False,
+        sa_column_kwargs={"server_default": func.statement_timestamp()},
+    )
+    updated_at: datetime = Field(
+        default=None,
+        sa_type=UTCDateTime,
+        nullable=False,
+        sa_column_kwargs={"server_default": func.statement_timestamp()},
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"Task(id={self.id!r}, user_id={self.user_id!r}, title={self.title!r}, "
+            f"complete={self.complete!r})"
+        )
+
+
+def _clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _user_id(value: str) -> str:
+    _clean_text(value)
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if len(value) > USER_ID_MAX:
+        raise ValueError(f"must be at most {USER_ID_MAX} characters, got {len(value)}")
+    return value
+
+
+def _title(value: str) -> str:
+    value = _clean_text(value).strip()
+    if not value:
+        raise ValueError("must not be blank")
+    if len(value) > TITLE_MAX:
+        raise ValueError(f"must be at most {TITLE_MAX} characters, got {len(value)}")
+    return value
+
+
+def _description(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _clean_text(value)
+    if len(value) > DESCRIPTION_MAX:
+        raise ValueError(f"must be at most {DESCRIPTION_MAX} characters, got {len(value)}")
+    return value
+
+
+UserId = Annotated[str, AfterValidator(_user_id)]
+Title = Annotated[str, AfterValidator(_title)]
+Description = Annotated[str | None, AfterValidator(_description)]
+
+
+class TaskCreate(SQLModel):
+    """A new task's fields, validated (strict types: no coercion of ints or bytes to text)."""
+
+    # Plain pydantic settings on a non-table model; SQLModel types its config more narrowly.
+    model_config = ConfigDict(strict=True, extra="forbid")  # type: ignore[assignment]
+
+    user_id: UserId
+    title: Title
+    description: Description = None
+
+
+class TaskChanges(SQLModel):
+    """The fields an update sets; only the ones given are changed."""
+
+    # Plain pydantic settings on a non-table model; SQLModel types its config more narrowly.
+    model_config = ConfigDict(strict=True, extra="forbid")  # type: ignore[assignment]
+
+    title: Title | None = None
+    description: Description = None
+    complete: bool | None = None
+
+    @field_validator("title", "complete", mode="before")
+    @classmethod
+    def _not_none(cls, value: object) -> object:
+        # `None` clears a description, but a title or a completion flag can't be cleared.
+        if value is None:
+            raise ValueError("must not be None")
+        return value
+
+
+_TYPE_NAMES = {"string_type": "a str", "bool_type": "a bool", "none_required": "None"}
+
+_Model = TypeVar("_Model", bound=SQLModel)
+
+
+def validate(model: type[_Model], data: dict[str, Any]) -> _Model:
+    """Validate `data` into `model`; raise `TaskValidationError` naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"] if not isinstance(part, int)) or "?"
+        field = field.split(".")[0]
+        expected = _TYPE_NAMES.get(first["type"])
+        if expected is not None:
+            message = f"must be {expected}, got {type(first['input']).__name__}"
+        else:
+            message = str(first["msg"]).removeprefix("Value error, ")
+        raise TaskValidationError(field, message) from None
+
+
+def check_user_id(user_id: object) -> str:
+    """Return `user_id` if it is a valid user id, else raise `TaskValidationError`."""
+    if not isinstance(user_id, str):
+        raise TaskValidationError("user_id", f"must be a str, got {type(user_id).__name__}")
+    try:
+        return _user_id(user_id)
+    except ValueError as exc:
+        raise TaskValidationError("user_id", str(exc)) from None
+
+
+def check_task_id(task_id: object) -> int | None:
+    """Return `task_id` if a row could have it, `None` if it cannot exist (so: not found).
+
+    Raises `TaskValidationError` when it is not an int at all.
+    """
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        raise TaskValidationError("task_id", f"must be an int, got {type(task_id).__name__}")
+    return task_id if 1 <= task_id <= TASK_ID_MAX else None
+
+
+def check_flag(name: str, value: object, *, optional: bool) -> bool | None:
+    """Return `value` if it is a bool (or `None` when `optional`), else raise."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        expected = "a bool or None" if optional else "a bool"
+        raise TaskValidationError(name, f"must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def check_limit(limit: object) -> int | None:
+    """Return a usable LIMIT: `None` for no cap, else an int >= 0."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TaskValidationError("limit", f"must be an int or None, got {type(limit).__name__}")
+    if limit < 0:
+        raise TaskValidationError("limit", f"must not be negative, got {limit}")
+    # Past BIGINT the cap means nothing; sending it would overflow on the server.
+    return min(limit, TASK_ID_MAX)

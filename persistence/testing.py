@@ -1,0 +1,118 @@
+"""A pytest plugin (entry point `pytest11`) for code built on `persistence`.
+
+Fixtures:
+
+- `persistence_database` (session): a throwaway database with the schema, on the server
+  named by `TEST_DATABASE_URL` (else `DATABASE_URL`, else the embedded PostgreSQL),
+  dropped at the end. While it lives, `DATABASE_URL` points at it, so code under test
+  that calls `UnitOfWork()` with no arguments uses it too.
+- `uow`: a `UnitOfWork` whose commits are real inside the test and undone when it ends.
+- `task_factory`: a factory-boy factory that creates valid tasks through `uow.tasks.create`
+  on the test's connection: `task_factory(user_id="alice")`, `task_factory.create_batch(3)`.
+- `persistence_engine`: the database's engine for tests that must see committed state
+  from other connections; every task is deleted when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, delete, text
+
+from persistence.config import load_settings
+from persistence.database import create_engine, dispose_engine, init_db, normalize_url
+from persistence.embedded import embedded_url
+from persistence.models import Task
+from persistence.unit_of_work import UnitOfWork
+
+__all__ = ["TestDatabase", "server_url"]
+
+
+@dataclass(frozen=True)
+class TestDatabase:
+    """The throwaway database of a test session."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of its name
+
+    name: str
+    url: str
+    engine: Engine
+
+
+def server_url() -> str:
+    """The server tests run on: `TEST_DATABASE_URL`, else `DATABASE_URL`, else embedded."""
+    settings = load_settings()
+    explicit = os.environ.get("TEST_DATABASE_URL", "").strip() or settings.database_url
+    return explicit or embedded_url(settings.embedded_dir)
+
+
+def _admin_engine(url: str) -> Engine:
+    # CREATE/DROP DATABASE can't run inside a transaction.
+    return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+
+
+@pytest.fixture(scope="session")
+def persistence_database() -> Iterator[TestDatabase]:
+    """A fresh database with the `tasks` table; dropped when the test session ends."""
+    base = server_url()
+    name = f"persistence_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine(base)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = normalize_url(base).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    dispose_engine()
+    try:
+        init_db(engine)
+        yield TestDatabase(name=name, url=url, engine=engine)
+    finally:
+        engine.dispose()
+        dispose_engine()
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def persistence_connection(persistence_database: TestDatabase) -> Iterator[Connection]:
+    """A connection inside a transaction that is rolled back when the test ends."""
+    with persistence_database.engine.connect() as connection:
+        outer = connection.begin()
+        try:
+            yield connection
+        finally:
+            if outer.is_active:
+                outer.rollback()
+
+
+@pytest.fixture
+def uow(persistence_connection: Connection) -> UnitOfWork:
+    """A unit of work (enter it with `with uow:`) whose work vanishes after the test."""
+    return UnitOfWork(persistence_connection)
+
+
+@pytest.fixture
+def task_factory(persistence_connection: Connection) -> Any:
+    """`TaskFactory` bound to the test's connection: tasks made through validation."""
+    from persistence.factories import TaskFactory  # factory-boy is a test-only dependency
+
+    return TaskFactory.bound_to(persistence_connection)
+
+
+@pytest.fixture
+def persistence_engine(persistence_database: TestDatabase) -> Iterator[Engine]:
+    """The test database's engine, for real commits; all tasks are deleted afterwards."""
+    yield persistence_database.engine
+    with persistence_database.engine.begin() as connection:
+        connection.execute(delete(Task))

@@ -1,0 +1,172 @@
+"""The unit of work: the only place that begins, commits and rolls back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import psycopg
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+from sqlmodel import Session
+
+from persistence.database import get_engine
+from persistence.errors import PersistenceError, TaskValidationError, driver_errors
+from persistence.models import check_flag
+from persistence.repository import TaskRepository
+
+__all__ = ["ISOLATION_LEVELS", "UnitOfWork"]
+
+logger = logging.getLogger(__name__)
+
+ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+
+
+class UnitOfWork:
+    """One atomic piece of work: `with UnitOfWork() as uow:` then `uow.tasks`.
+
+    A clean exit commits; an exception rolls back everything since the last commit and
+    propagates unchanged. `commit()` and `rollback()` end the current transaction and the
+    block goes on in a new one; `savepoint()` undoes only its own part on an exception.
+    Returned `Task` objects stay readable after the block. A unit of work belongs to the
+    thread that entered it; it may be entered again after it has ended.
+
+    `bind` is an `Engine` (default: the one built from `DATABASE_URL`) or a `Connection`
+    already in a transaction, which the unit of work joins with savepoints (for tests).
+    Raises `TaskValidationError` for an unknown `isolation_level`.
+    """
+
+    def __init__(
+        self,
+        bind: Engine | Connection | None = None,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+    ) -> None:
+        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+            raise TaskValidationError(
+                "isolation_level",
+                f"must be one of {sorted(ISOLATION_LEVELS)} or None, got {isolation_level!r}",
+            )
+        self._bind = bind
+        self._isolation_level = isolation_level
+        self._read_only = bool(check_flag("read_only", read_only, optional=False))
+        self._session: Session | None = None
+        self._thread: int | None = None
+        self._tasks = TaskRepository(self._active_session)
+
+    def __repr__(self) -> str:
+        state = "active" if self._session is not None else "inactive"
+        return f"<UnitOfWork {state} isolation_level={self._isolation_level!r}>"
+
+    def _new_session(self) -> Session:
+        bind = self._bind if self._bind is not None else get_engine()
+        if isinstance(bind, Connection):
+            # The caller's transaction stays open: our commits become savepoint releases.
+            return Session(
+                bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint"
+            )
+        options: dict[str, Any] = {}
+        if self._isolation_level is not None:
+            options["isolation_level"] = self._isolation_level
+        if self._read_only:
+            options["postgresql_readonly"] = True
+        engine = bind.execution_options(**options) if options else bind
+        # expire_on_commit=False: results stay readable after the block, with no lazy loads.
+        return Session(bind=engine, expire_on_commit=False, autoflush=False)
+
+    def __enter__(self) -> Self:
+        if self._session is not None:
+            raise PersistenceError("this unit of work is already active; use a new UnitOfWork")
+        self._session = self._new_session()
+        self._thread = threading.get_ident()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        session = self._active_session()
+        try:
+            if exc_type is None:
+                with driver_errors("committing"):
+                    session.commit()
+                logger.debug("unit of work committed")
+            else:
+                self._rollback_quietly(session)
+        finally:
+            self._session = None
+            self._thread = None
+            self._close_quietly(session)
+
+    @property
+    def tasks(self) -> TaskRepository:
+        """The task repository; raises `PersistenceError` outside an active `with` block."""
+        self._active_session()
+        return self._tasks
+
+    def commit(self) -> None:
+        """Commit the work so far; the block goes on in a new transaction.
+
+        Raises a `PersistenceError` subclass if the commit fails (nothing is committed then).
+        """
+        with driver_errors("committing"):
+            self._active_session().commit()
+
+    def rollback(self) -> None:
+        """Discard the work since the last commit; the block goes on in a new transaction."""
+        with driver_errors("rolling back"):
+            self._active_session().rollback()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A SAVEPOINT: an exception inside undoes only the work inside, then propagates."""
+        session = self._active_session()
+        with driver_errors("opening a savepoint"):
+            nested = session.begin_nested()
+        try:
+            yield
+        except BaseException:
+            if nested.is_active:
+                with driver_errors("rolling back to a savepoint"):
+                    nested.rollback()
+            raise
+        if nested.is_active:
+            with driver_errors("releasing a savepoint"):
+                nested.commit()
+
+    def _active_session(self) -> Session:
+        if self._session is None:
+            raise PersistenceError(
+                "this unit of work is not active: use uow.tasks, commit(), rollback() and "
+                "savepoint() inside `with UnitOfWork() as uow:`"
+            )
+        if self._thread != threading.get_ident():
+            raise PersistenceError(
+                "a unit of work belongs to the thread that entered it: "
+                "give each thread its own UnitOfWork"
+            )
+        return self._session
+
+    @staticmethod
+    def _rollback_quietly(session: Session) -> None:
+        # The caller's exception is what matters; a failed rollback (say, on a dead
+        # connection) is logged, not raised over it. The server discards the work anyway.
+        try:
+            session.rollback()
+            logger.debug("unit of work rolled back")
+        except (sa_exc.SQLAlchemyError, psycopg.Error):
+            logger.warning("rollback failed; the connection is discarded", exc_info=True)
+
+    @staticmethod
+    def _close_quietly(session: Session) -> None:
+        try:
+            session.close()
+        except (sa_exc.SQLAlchemyError, psycopg.Error):
+            logger.warning("closing the session failed; the connection is discarded", exc_info=True)

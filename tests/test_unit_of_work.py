@@ -1,0 +1,200 @@
+"""Commit and rollback boundaries, savepoints, readable results, threads.
+
+These tests commit for real (`persistence_engine`) and look at committed state through
+a separate connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
+
+from persistence import PersistenceError, Task, TaskValidationError, UnitOfWork
+
+
+class Boom(Exception):
+    """The application's own failure."""
+
+
+def committed_titles(engine: Engine, user: str) -> list[str]:
+    """What another connection sees as committed, oldest first."""
+    with engine.connect() as other:
+        rows = other.execute(
+            select(Task.title).where(col(Task.user_id) == user).order_by(col(Task.id))
+        )
+        return [title for (title,) in rows]
+
+
+def test_a_clean_exit_commits(persistence_engine: Engine, user: str):
+    with UnitOfWork(persistence_engine) as uow:
+        uow.tasks.create(user_id=user, title="a")
+        uow.tasks.create(user_id=user, title="b")
+        assert committed_titles(persistence_engine, user) == []  # not before the exit
+    assert committed_titles(persistence_engine, user) == ["a", "b"]
+
+
+def test_an_exception_rolls_back_everything_and_propagates_unchanged(
+    persistence_engine: Engine, user: str
+):
+    error = Boom("halfway")
+    with pytest.raises(Boom) as raised, UnitOfWork(persistence_engine) as uow:
+        uow.tasks.create(user_id=user, title="a")
+        uow.tasks.create(user_id=user, title="b")
+        raise error
+    assert raised.value is error
+    assert committed_titles(persistence_engine, user) == []
+
+
+def test_an_exception_after_a_commit_keeps_what_was_committed(
+    persistence_engine: Engine, user: str
+):
+    with pytest.raises(Boom), UnitOfWork(persistence_engine) as uow:
+        uow.tasks.create(user_id=user, title="kept")
+        uow.commit()
+        assert committed_titles(persistence_engine, user) == ["kept"]
+        uow.tasks.create(user_id=user, title="lost")
+        raise Boom
+    assert committed_titles(persistence_engine, user) == ["kept"]
+
+
+def test_rollback_discards_work_since_the_last_commit_and_the_block_goes_on(
+    persistence_engine: Engine, user: str
+):
+    with UnitOfWork(persistence_engine) as uow:
+        uow.tasks.create(user_id=user, title="first")
+        uow.commit()
+        uow.tasks.create(user_id=user, title="discarded")
+        uow.rollback()
+        assert uow.tasks.count(user_id=user) == 1
+        uow.tasks.create(user_id=user, title="after")
+    assert committed_titles(persistence_engine, user) == ["first", "after"]
+
+
+def test_a_failing_savepoint_undoes_only_its_own_work(persistence_engine: Engine, user: str):
+    with UnitOfWork(persistence_engine) as uow:
+        uow.tasks.create(user_id=user, title="outer")
+        with pytest.raises(Boom), uow.savepoint():
+            uow.tasks.create(user_id=user, title="inner")
+            raise Boom
+        uow.tasks.create(user_id=user, title="outer again")
+    assert committed_titles(persistence_engine, user) == ["outer", "outer again"]
+
+
+def test_a_savepoint_that_succeeds_keeps_its_work(persistence_engine: Engine, user: str):
+    with UnitOfWork(persistence_engine) as uow:
+        with uow.savepoint():
+            uow.tasks.create(user_id=user, title="inner")
+        with pytest.raises(Boom), uow.savepoint():
+            uow.tasks.toggle_complete(user_id=user, task_id=uow.tasks.list(user_id=user)[0].id)
+            raise Boom
+        assert uow.tasks.list(user_id=user)[0].complete is False
+    assert committed_titles(persistence_engine, user) == ["inner"]
+
+
+def test_savepoints_nest(persistence_engine: Engine, user: str):
+    with UnitOfWork(persistence_engine) as uow, uow.savepoint():
+        uow.tasks.create(user_id=user, title="level 1")
+        with pytest.raises(Boom), uow.savepoint():
+            uow.tasks.create(user_id=user, title="level 2")
+            raise Boom
+    assert committed_titles(persistence_engine, user) == ["level 1"]
+
+
+def test_results_stay_readable_after_the_block(persistence_engine: Engine, user: str):
+    with UnitOfWork(persistence_engine) as uow:
+        created = uow.tasks.create(user_id=user, title="t", description="d")
+        listed = uow.tasks.list(user_id=user)
+        toggled = uow.tasks.toggle_complete(user_id=user, task_id=created.id)
+    for task, complete in ((created, False), (listed[0], False), (toggled, True)):
+        assert (task.title, task.description, task.complete) == ("t", "d", complete)
+        assert task.created_at is not None
+        assert task.updated_at is not None
+        assert task.model_dump()["user_id"] == user
+
+
+def test_tasks_outside_an_active_block_raise_a_clear_error(persistence_engine: Engine, user: str):
+    uow = UnitOfWork(persistence_engine)
+    with pytest.raises(PersistenceError, match="not active"):
+        _ = uow.tasks
+    with uow:
+        repository = uow.tasks
+    with pytest.raises(PersistenceError, match="not active"):
+        repository.create(user_id=user, title="after the block")
+    with pytest.raises(PersistenceError, match="not active"):
+        uow.commit()
+    assert committed_titles(persistence_engine, user) == []
+
+
+def test_a_unit_of_work_can_be_entered_again_but_not_twice_at_once(
+    persistence_engine: Engine, user: str
+):
+    uow = UnitOfWork(persistence_engine)
+    with uow:
+        uow.tasks.create(user_id=user, title="one")
+        with pytest.raises(PersistenceError, match="already active"), uow:
+            pass
+    with uow:
+        uow.tasks.create(user_id=user, title="two")
+    assert committed_titles(persistence_engine, user) == ["one", "two"]
+
+
+def test_a_unit_of_work_refuses_use_from_another_thread(persistence_engine: Engine, user: str):
+    with UnitOfWork(persistence_engine) as uow, ThreadPoolExecutor(1) as pool:
+        future = pool.submit(lambda: uow.tasks.count(user_id=user))
+        with pytest.raises(PersistenceError, match="thread"):
+            future.result()
+
+
+def test_many_threads_each_with_their_own_unit_of_work(persistence_engine: Engine, user: str):
+    barrier = threading.Barrier(12)
+
+    def work(n: int) -> int:
+        barrier.wait()
+        with UnitOfWork(persistence_engine) as uow:
+            task = uow.tasks.create(user_id=user, title=f"thread {n}")
+            uow.tasks.toggle_complete(user_id=user, task_id=task.id)
+            return uow.tasks.count(user_id=user)
+
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(work, range(12)))
+    with UnitOfWork(persistence_engine) as uow:
+        assert uow.tasks.count(user_id=user, complete=True) == 12
+    assert sorted(committed_titles(persistence_engine, user)) == sorted(
+        f"thread {n}" for n in range(12)
+    )
+
+
+def test_default_unit_of_work_uses_the_configured_database(persistence_engine: Engine, user: str):
+    # `persistence_database` points DATABASE_URL at the test database.
+    with UnitOfWork() as uow:
+        uow.tasks.create(user_id=user, title="via DATABASE_URL")
+    assert committed_titles(persistence_engine, user) == ["via DATABASE_URL"]
+
+
+@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+def test_isolation_level_is_applied_to_the_transaction(
+    persistence_engine: Engine, user: str, level: str
+):
+    with UnitOfWork(persistence_engine, isolation_level=level) as uow:
+        uow.tasks.create(user_id=user, title="t")
+        session = uow._active_session()
+        shown = session.exec(select(func.current_setting("transaction_isolation"))).one()
+    assert shown == level.lower()
+
+
+def test_read_only_unit_of_work_refuses_writes(persistence_engine: Engine, user: str):
+    with (
+        pytest.raises(PersistenceError, match="read-only"),
+        UnitOfWork(persistence_engine, read_only=True) as uow,
+    ):
+        uow.tasks.create(user_id=user, title="t")
+    assert committed_titles(persistence_engine, user) == []
+
+
+def test_an_unknown_isolation_level_is_rejected_up_front():
+    with pytest.raises(TaskValidationError, match="isolation_level"):
+        UnitOfWork(isolation_level="CHAOS")
