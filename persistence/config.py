@@ -29,15 +29,18 @@ class Settings:
     """Seconds to wait for a new connection: long enough for a suspended Neon compute to wake."""
     embedded_dir: Path = Path(".persistence/pgdata")
     """Where the embedded PostgreSQL keeps its data (relative to the working directory)."""
+    test_database_url: str | None = None
+    """`TEST_DATABASE_URL`: the server the test plugin makes its throwaway database on."""
 
     def __repr__(self) -> str:
         # The URL carries the password: never print it.
         shown = "set" if self.database_url else "unset (embedded PostgreSQL)"
+        test = "set" if self.test_database_url else "unset"
         return (
             f"Settings(database_url=<{shown}>, pool_size={self.pool_size}, "
             f"max_overflow={self.max_overflow}, pool_timeout={self.pool_timeout}, "
             f"pool_recycle={self.pool_recycle}, connect_timeout={self.connect_timeout}, "
-            f"embedded_dir={str(self.embedded_dir)!r})"
+            f"embedded_dir={str(self.embedded_dir)!r}, test_database_url=<{test}>)"
         )
 
 
@@ -66,8 +69,10 @@ def load_settings(search_path: Path | None = None) -> Settings:
     """
     read = _reader(search_path)
     url = str(read("DATABASE_URL", default="")).strip() or None
+    test_url = str(read("TEST_DATABASE_URL", default="")).strip() or None
     return Settings(
         database_url=url,
+        test_database_url=test_url,
         pool_size=int(_number(read, "PERSISTENCE_POOL_SIZE", 5, 1, whole=True)),
         max_overflow=int(_number(read, "PERSISTENCE_MAX_OVERFLOW", 15, 0, whole=True)),
         pool_timeout=_number(read, "PERSISTENCE_POOL_TIMEOUT", 30.0, 0.0, whole=False),

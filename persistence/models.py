@@ -83,7 +83,9 @@ class Task(SQLModel, table=True):
         CheckConstraint("updated_at >= created_at", name="ck_tasks_updated_after_created"),
     )
 
-    id: int | None = Field(
+    # Typed `int`: every Task a caller receives has been stored and has its id. Only a
+    # Task built by hand (which callers shouldn't do) has `None` here until it is stored.
+    id: int = Field(
         default=None,
         sa_column=Column(BigInteger, Identity(always=False), primary_key=True),
     )

@@ -47,7 +47,7 @@ class TestDatabase:
 def server_url() -> str:
     """The server tests run on: `TEST_DATABASE_URL`, else `DATABASE_URL`, else embedded."""
     settings = load_settings()
-    explicit = os.environ.get("TEST_DATABASE_URL", "").strip() or settings.database_url
+    explicit = settings.test_database_url or settings.database_url
     return explicit or embedded_url(settings.embedded_dir)
 
 

