@@ -7,21 +7,24 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
-from sqlmodel import Session
+from sqlalchemy.orm import Session
 
 from persistence.database import get_engine
 from persistence.errors import PersistenceError, TaskValidationError, driver_errors
 from persistence.models import check_flag
+from persistence.operations import Operation, detach
 from persistence.repository import TaskRepository
 
 __all__ = ["ISOLATION_LEVELS", "UnitOfWork"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
 
@@ -57,7 +60,7 @@ class UnitOfWork:
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
         self._session: Session | None = None
         self._thread: int | None = None
-        self._tasks = TaskRepository(self._active_session)
+        self._tasks = TaskRepository(self._run)
 
     def __repr__(self) -> str:
         state = "active" if self._session is not None else "inactive"
@@ -140,6 +143,15 @@ class UnitOfWork:
         if nested.is_active:
             with driver_errors("releasing a savepoint"):
                 nested.commit()
+
+    def _run(self, operation: Operation[T]) -> T:
+        session = self._active_session()
+        if operation.statement is None:
+            return operation.read(None)
+        with driver_errors(operation.action):
+            value = operation.read(session.execute(operation.statement))
+        detach(session.expunge, value)
+        return value
 
     def _active_session(self) -> Session:
         if self._session is None:

@@ -75,7 +75,7 @@ def test_a_connection_killed_inside_a_unit_of_work_raises_and_commits_nothing(
 ):
     with pytest.raises(ConnectionLostError) as raised, UnitOfWork(persistence_engine) as uow:
         uow.tasks.create(user_id=user, title="lost with the connection")
-        pid = uow._active_session().exec(select(func.pg_backend_pid())).one()
+        pid = uow._active_session().execute(select(func.pg_backend_pid())).scalar_one()
         with persistence_engine.connect() as killer:
             killer.execute(select(func.pg_terminate_backend(pid)))
         uow.tasks.create(user_id=user, title="never arrives")

@@ -182,7 +182,7 @@ def test_isolation_level_is_applied_to_the_transaction(
     with UnitOfWork(persistence_engine, isolation_level=level) as uow:
         uow.tasks.create(user_id=user, title="t")
         session = uow._active_session()
-        shown = session.exec(select(func.current_setting("transaction_isolation"))).one()
+        shown = session.execute(select(func.current_setting("transaction_isolation"))).scalar_one()
     assert shown == level.lower()
 
 
