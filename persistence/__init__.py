@@ -17,6 +17,7 @@ from persistence.config import Settings, load_settings
 from persistence.database import create_engine, dispose_engine, get_engine, init_db
 from persistence.errors import (
     AuthenticationError,
+    CommitOutcomeUnknownError,
     ConfigurationError,
     ConnectionLostError,
     DatabaseError,
@@ -30,11 +31,13 @@ from persistence.errors import (
 )
 from persistence.models import Task
 from persistence.repository import UNSET, TaskRepository
+from persistence.transactions import run_in_transaction
 from persistence.unit_of_work import UnitOfWork
 
 __all__ = [
     "UNSET",
     "AuthenticationError",
+    "CommitOutcomeUnknownError",
     "ConfigurationError",
     "ConnectionLostError",
     "DatabaseError",
@@ -54,6 +57,7 @@ __all__ = [
     "get_engine",
     "init_db",
     "load_settings",
+    "run_in_transaction",
 ]
 
 __version__ = "0.1.0"

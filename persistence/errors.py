@@ -11,6 +11,7 @@ from sqlalchemy import exc as sa_exc
 
 __all__ = [
     "AuthenticationError",
+    "CommitOutcomeUnknownError",
     "ConfigurationError",
     "ConnectionLostError",
     "DatabaseError",
@@ -74,6 +75,13 @@ class DatabaseUnavailableError(DatabaseError):
 
 class ConnectionLostError(DatabaseUnavailableError):
     """The connection died during a unit of work; its uncommitted work is lost, not committed."""
+
+
+class CommitOutcomeUnknownError(ConnectionLostError):
+    """The connection was lost while COMMIT was in flight: the work may or may not be saved.
+
+    Never retried automatically; check the data before doing the work again.
+    """
 
 
 class AuthenticationError(DatabaseUnavailableError):

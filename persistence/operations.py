@@ -60,6 +60,8 @@ class Operation(Generic[T]):
     statement: Executable | None
     """`None` when the answer is known without asking (an id that cannot exist)."""
     read: Callable[[Result[Any] | None], T]
+    writes: bool = False
+    """Whether the statement changes data (so a lost COMMIT leaves its outcome unknown)."""
 
 
 def _known(action: str, answer: Callable[[], T]) -> Operation[T]:
@@ -88,7 +90,7 @@ def create_task(*, user_id: object, title: object, description: object) -> Opera
     """INSERT one task after validating every field."""
     data = validate(TaskCreate, {"user_id": user_id, "title": title, "description": description})
     statement = statements.insert_task(data.model_dump())
-    return Operation("creating a task", statement, lambda result: _first_task(result))
+    return Operation("creating a task", statement, _first_task, writes=True)
 
 
 def _first_task(result: Result[Any] | None) -> Task:
@@ -149,6 +151,7 @@ def update_task(
         "updating a task",
         statements.update_task(user, found_id, changes),
         _one_task_or_not_found(user, task_id),
+        writes=True,
     )
 
 
@@ -162,6 +165,7 @@ def toggle_task(*, user_id: object, task_id: object) -> Operation[Task]:
         "toggling a task",
         statements.toggle_task(user, found_id),
         _one_task_or_not_found(user, task_id),
+        writes=True,
     )
 
 
@@ -176,7 +180,7 @@ def delete_task(*, user_id: object, task_id: object) -> Operation[None]:
         if result is None or result.first() is None:
             raise TaskNotFoundError(user_id=user, task_id=task_id)
 
-    return Operation("deleting a task", statements.delete_task(user, found_id), read)
+    return Operation("deleting a task", statements.delete_task(user, found_id), read, writes=True)
 
 
 def detach(expunge: Callable[[Any], None], value: object) -> None:

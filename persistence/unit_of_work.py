@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -15,7 +15,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from persistence.database import get_engine
-from persistence.errors import PersistenceError, TaskValidationError, driver_errors
+from persistence.errors import (
+    CommitOutcomeUnknownError,
+    ConnectionLostError,
+    PersistenceError,
+    TaskValidationError,
+    driver_errors,
+)
 from persistence.models import check_flag
 from persistence.operations import Operation, detach
 from persistence.repository import TaskRepository
@@ -60,6 +66,9 @@ class UnitOfWork:
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
         self._session: Session | None = None
         self._thread: int | None = None
+        # What the current transaction has done: any statement at all, and any write.
+        self._began = False
+        self._wrote = False
         self._tasks = TaskRepository(self._run)
 
     def __repr__(self) -> str:
@@ -87,6 +96,7 @@ class UnitOfWork:
             raise PersistenceError("this unit of work is already active; use a new UnitOfWork")
         self._session = self._new_session()
         self._thread = threading.get_ident()
+        self._began = self._wrote = False
         return self
 
     def __exit__(
@@ -98,11 +108,10 @@ class UnitOfWork:
         session = self._active_session()
         try:
             if exc_type is None:
-                with driver_errors("committing"):
-                    session.commit()
-                logger.debug("unit of work committed")
+                self._commit(session)
             else:
                 self._rollback_quietly(session)
+                self._began = self._wrote = False
         finally:
             self._session = None
             self._thread = None
@@ -117,22 +126,23 @@ class UnitOfWork:
     def commit(self) -> None:
         """Commit the work so far; the block goes on in a new transaction.
 
-        Raises a `PersistenceError` subclass if the commit fails (nothing is committed then).
+        Raises a `PersistenceError` subclass if the commit fails (nothing is committed then),
+        or `CommitOutcomeUnknownError` if the connection was lost while COMMIT was in flight.
         """
-        with driver_errors("committing"):
-            self._active_session().commit()
+        self._commit(self._active_session())
 
     def rollback(self) -> None:
         """Discard the work since the last commit; the block goes on in a new transaction."""
+        session = self._active_session()
+        self._began = self._wrote = False
         with driver_errors("rolling back"):
-            self._active_session().rollback()
+            session.rollback()
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A SAVEPOINT: an exception inside undoes only the work inside, then propagates."""
         session = self._active_session()
-        with driver_errors("opening a savepoint"):
-            nested = session.begin_nested()
+        nested = self._first_or_replayed("opening a savepoint", session.begin_nested)
         try:
             yield
         except BaseException:
@@ -148,10 +158,45 @@ class UnitOfWork:
         session = self._active_session()
         if operation.statement is None:
             return operation.read(None)
-        with driver_errors(operation.action):
-            value = operation.read(session.execute(operation.statement))
+        statement = operation.statement
+        value = self._first_or_replayed(
+            operation.action, lambda: operation.read(session.execute(statement))
+        )
+        self._wrote = self._wrote or operation.writes
         detach(session.expunge, value)
         return value
+
+    def _first_or_replayed(self, action: str, send: Callable[[], T]) -> T:
+        session = self._active_session()
+        try:
+            with driver_errors(action):
+                value = send()
+        except ConnectionLostError:
+            if self._began:
+                raise
+            # A pooled connection that died while idle (a suspended or restarted server)
+            # fails on the first statement, before this transaction did anything: nothing
+            # is lost, so send it again on a fresh connection.
+            logger.info("the pooled connection was dead; %s again on a new one", action)
+            self._rollback_quietly(session)
+            with driver_errors(action):
+                value = send()
+        self._began = True
+        return value
+
+    def _commit(self, session: Session) -> None:
+        wrote, self._began, self._wrote = self._wrote, False, False
+        try:
+            with driver_errors("committing"):
+                session.commit()
+        except ConnectionLostError as exc:
+            if not wrote:
+                raise
+            raise CommitOutcomeUnknownError(
+                "the connection was lost while COMMIT was in flight: the work may or may not "
+                "have been committed; check before doing it again"
+            ) from exc.__cause__
+        logger.debug("unit of work committed")
 
     def _active_session(self) -> Session:
         if self._session is None:

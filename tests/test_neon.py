@@ -1,0 +1,270 @@
+"""Neon-ready connections: dead pooled connections, safe retries, credentials, `doctor`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sqlalchemy import Engine, func, select, table, text
+
+from persistence import (
+    AuthenticationError,
+    ConnectionLostError,
+    TransactionConflictError,
+    UnitOfWork,
+    create_engine,
+    run_in_transaction,
+)
+from persistence.database import normalize_url
+from persistence.testing import TestDatabase
+
+
+def _backend_pid(uow: UnitOfWork) -> int:
+    return int(uow._active_session().execute(select(func.pg_backend_pid())).scalar_one())
+
+
+def _terminate(engine: Engine, *pids: int) -> None:
+    with engine.connect() as killer:
+        for pid in pids:
+            assert killer.execute(select(func.pg_terminate_backend(pid))).scalar_one()
+    time.sleep(0.05)  # let the backends exit
+
+
+@pytest.fixture
+def small_engine(persistence_database: TestDatabase, persistence_engine: Engine):
+    engine = create_engine(persistence_database.url, pool_size=2, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced_unseen(
+    small_engine: Engine, persistence_engine: Engine, user: str
+):
+    with UnitOfWork(small_engine) as uow:
+        pid = _backend_pid(uow)
+    _terminate(persistence_engine, pid)  # as a suspended or restarted compute does
+    for first_call in ("create", "list"):
+        with UnitOfWork(small_engine) as uow:
+            if first_call == "create":
+                uow.tasks.create(user_id=user, title="after the drop")
+            assert len(uow.tasks.list(user_id=user)) == 1
+            new_pid = _backend_pid(uow)
+        assert new_pid != pid
+        _terminate(persistence_engine, new_pid)
+        pid = new_pid
+
+
+def test_every_pooled_connection_dead_after_a_restart_still_works(
+    small_engine: Engine, persistence_engine: Engine, user: str
+):
+    barrier = threading.Barrier(2)
+    pids: list[int] = []
+
+    def hold() -> None:
+        with UnitOfWork(small_engine) as uow:
+            pids.append(_backend_pid(uow))
+            barrier.wait()  # both pool connections checked out at once
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _terminate(persistence_engine, *pids)
+    with UnitOfWork(small_engine) as uow:
+        uow.tasks.create(user_id=user, title="first after restart")
+    with UnitOfWork(small_engine) as uow:
+        assert uow.tasks.count(user_id=user) == 1
+
+
+def test_a_connection_lost_mid_unit_is_not_replayed(
+    small_engine: Engine, persistence_engine: Engine, user: str
+):
+    with pytest.raises(ConnectionLostError), UnitOfWork(small_engine) as uow:
+        uow.tasks.create(user_id=user, title="done before the drop")
+        _terminate(persistence_engine, _backend_pid(uow))
+        uow.tasks.create(user_id=user, title="after the drop")
+    with UnitOfWork(small_engine) as uow:
+        assert uow.tasks.count(user_id=user) == 0
+
+
+def test_run_in_transaction_commits_and_returns_the_result(persistence_engine: Engine, user: str):
+    task = run_in_transaction(
+        lambda uow: uow.tasks.create(user_id=user, title="t"), bind=persistence_engine
+    )
+    with UnitOfWork(persistence_engine) as uow:
+        assert uow.tasks.get(user_id=user, task_id=task.id) is not None
+
+
+def test_run_in_transaction_never_reruns_on_the_applications_own_errors(
+    persistence_engine: Engine, user: str
+):
+    calls = []
+
+    def fails(uow: UnitOfWork) -> None:
+        calls.append(1)
+        uow.tasks.create(user_id=user, title="t")
+        raise KeyError("application bug")
+
+    with pytest.raises(KeyError):
+        run_in_transaction(fails, attempts=5, bind=persistence_engine)
+    assert len(calls) == 1
+    with UnitOfWork(persistence_engine) as uow:
+        assert uow.tasks.count(user_id=user) == 0
+
+
+def test_run_in_transaction_reruns_after_a_connection_lost_before_commit(
+    small_engine: Engine, persistence_engine: Engine, user: str
+):
+    calls = []
+
+    def work(uow: UnitOfWork) -> int:
+        calls.append(1)
+        task = uow.tasks.create(user_id=user, title="t")
+        if len(calls) == 1:
+            _terminate(persistence_engine, _backend_pid(uow))
+        uow.tasks.toggle_complete(user_id=user, task_id=task.id)
+        return task.id
+
+    run_in_transaction(work, bind=small_engine, backoff=0.001)
+    assert len(calls) == 2
+    with UnitOfWork(persistence_engine) as uow:
+        assert uow.tasks.count(user_id=user, complete=True) == 1
+        assert uow.tasks.count(user_id=user) == 1
+
+
+def test_run_in_transaction_reruns_serialization_failures(persistence_engine: Engine, user: str):
+    # Two SERIALIZABLE transactions each read the count and write: one of them must fail
+    # with 40001 and run again, so both writes land and each saw a consistent count.
+    with UnitOfWork(persistence_engine) as uow:
+        seed = uow.tasks.create(user_id=user, title="seed")
+    barrier = threading.Barrier(2)
+    calls = []
+    errors: list[BaseException] = []
+
+    def work(uow: UnitOfWork) -> None:
+        calls.append(1)
+        uow.tasks.count(user_id=user)
+        uow.tasks.list(user_id=user)
+        with contextlib.suppress(threading.BrokenBarrierError):  # the rerun goes alone
+            barrier.wait(timeout=2)
+        uow.tasks.update(user_id=user, task_id=seed.id, title=f"by call {len(calls)}")
+        uow.tasks.create(user_id=user, title="one more")
+
+    def run() -> None:
+        try:
+            run_in_transaction(
+                work, isolation_level="SERIALIZABLE", bind=persistence_engine, backoff=0.01
+            )
+        except BaseException as exc:  # collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(calls) == 3  # one of the two ran twice
+    with UnitOfWork(persistence_engine) as uow:
+        assert uow.tasks.count(user_id=user) == 3
+
+
+def test_run_in_transaction_gives_up_after_its_attempts(persistence_engine: Engine, user: str):
+    calls = []
+
+    def always_conflicts(uow: UnitOfWork) -> None:
+        calls.append(1)
+        raise TransactionConflictError("simulated 40001")
+
+    with pytest.raises(TransactionConflictError):
+        run_in_transaction(always_conflicts, attempts=3, bind=persistence_engine, backoff=0.001)
+    assert len(calls) == 3
+
+
+def test_wrong_credentials_fail_fast_with_a_clear_error(persistence_database: TestDatabase):
+    url = normalize_url(persistence_database.url)
+    if not url.password:
+        pytest.skip(
+            "needs a server that checks passwords: the TLS run of .ci/run (SCRAM user) has one"
+        )
+    engine = create_engine(url.set(password="wrong-" + url.password), connect_timeout=10)
+    started = time.perf_counter()
+    with pytest.raises(AuthenticationError) as raised:
+        run_in_transaction(lambda uow: uow.tasks.count(user_id="u"), bind=engine, attempts=5)
+    assert time.perf_counter() - started < 5
+    assert url.password not in str(raised.value)
+    assert "credentials" in str(raised.value)
+    engine.dispose()
+
+
+def _doctor(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "persistence", "doctor"],
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_doctor_reports_version_tls_pooler_round_trip_and_table(
+    persistence_database: TestDatabase,
+):
+    done = _doctor(persistence_database.url)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for label in ("server:     PostgreSQL ", "tls:        ", "pooler:     ", "round trip: "):
+        assert label in out
+    assert "table:      tasks exists" in out
+    password = normalize_url(persistence_database.url).password
+    if password:
+        assert password not in out
+
+
+def test_doctor_names_the_cause_in_one_line_when_nothing_listens():
+    done = _doctor("postgresql://someone:hunter2-secret@127.0.0.1:1/none")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "could not connect" in lines[0]
+    assert "Connection refused" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr
+
+
+def test_doctor_says_when_the_table_is_missing(persistence_database: TestDatabase):
+    url = normalize_url(persistence_database.url)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text('CREATE DATABASE "persistence_doctor_empty"'))
+    try:
+        empty = url.set(database="persistence_doctor_empty").render_as_string(hide_password=False)
+        done = _doctor(empty)
+        assert done.returncode == 0, done.stderr
+        assert "tasks missing (init_db() creates it)" in done.stdout
+    finally:
+        with engine.connect() as connection:
+            connection.execute(text('DROP DATABASE "persistence_doctor_empty" WITH (FORCE)'))
+        engine.dispose()
+
+
+def test_psycopg_never_prepares_statements(persistence_engine: Engine, user: str):
+    # Transaction-mode poolers can't keep protocol-level prepared statements; psycopg
+    # would prepare a query after it ran 5 times on one connection.
+    with UnitOfWork(persistence_engine) as uow:
+        for _ in range(10):
+            uow.tasks.count(user_id=user)
+            uow.tasks.create(user_id=user, title="t")
+        session = uow._active_session()
+        prepared = session.execute(
+            select(func.count()).select_from(table("pg_prepared_statements"))
+        ).scalar_one()
+    assert prepared == 0
