@@ -6,7 +6,14 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import AfterValidator, ConfigDict, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -31,7 +38,9 @@ __all__ = [
     "Task",
     "TaskChanges",
     "TaskCreate",
+    "check_after",
     "check_flag",
+    "check_items",
     "check_limit",
     "check_task_id",
     "check_user_id",
@@ -158,22 +167,30 @@ Title = Annotated[str, AfterValidator(_title)]
 Description = Annotated[str | None, AfterValidator(_description)]
 
 
-class TaskCreate(SQLModel):
-    """A new task's fields, validated (strict types: no coercion of ints or bytes to text)."""
+# Input models are plain pydantic models, separate from the table model (which skips
+# validation in `__init__`): validated in pydantic-core, fast enough for bulk creates.
+class TaskItem(BaseModel):
+    """One item of a bulk create: a new task's fields but its owner."""
 
-    # Plain pydantic settings on a non-table model; SQLModel types its config more narrowly.
-    model_config = ConfigDict(strict=True, extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    user_id: UserId
     title: Title
     description: Description = None
 
 
-class TaskChanges(SQLModel):
+class TaskCreate(TaskItem):
+    """A new task's fields, validated (strict types: no coercion of ints or bytes to text)."""
+
+    user_id: UserId
+
+
+_ITEMS = TypeAdapter(list[TaskItem])
+
+
+class TaskChanges(BaseModel):
     """The fields an update sets; only the ones given are changed."""
 
-    # Plain pydantic settings on a non-table model; SQLModel types its config more narrowly.
-    model_config = ConfigDict(strict=True, extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     title: Title | None = None
     description: Description = None
@@ -190,7 +207,7 @@ class TaskChanges(SQLModel):
 
 _TYPE_NAMES = {"string_type": "a str", "bool_type": "a bool", "none_required": "None"}
 
-_Model = TypeVar("_Model", bound=SQLModel)
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def validate(model: type[_Model], data: dict[str, Any]) -> _Model:
@@ -198,15 +215,25 @@ def validate(model: type[_Model], data: dict[str, Any]) -> _Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"] if not isinstance(part, int)) or "?"
-        field = field.split(".")[0]
-        expected = _TYPE_NAMES.get(first["type"])
-        if expected is not None:
-            message = f"must be {expected}, got {type(first['input']).__name__}"
+        raise _first_error(exc) from None
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> TaskValidationError:
+    first = exc.errors(include_url=False)[0]
+    field = prefix
+    for part in first["loc"]:
+        if isinstance(part, int):
+            field += f"[{part}]"
         else:
-            message = str(first["msg"]).removeprefix("Value error, ")
-        raise TaskValidationError(field, message) from None
+            field += f".{part}" if field else str(part)
+    expected = _TYPE_NAMES.get(first["type"])
+    if expected is not None:
+        message = f"must be {expected}, got {type(first['input']).__name__}"
+    elif first["type"] == "extra_forbidden":
+        message = "is not a field of a task"
+    else:
+        message = str(first["msg"]).removeprefix("Value error, ")
+    return TaskValidationError(field or "?", message)
 
 
 def check_user_id(user_id: object) -> str:
@@ -237,6 +264,37 @@ def check_flag(name: str, value: object, *, optional: bool) -> bool | None:
         expected = "a bool or None" if optional else "a bool"
         raise TaskValidationError(name, f"must be {expected}, got {type(value).__name__}")
     return value
+
+
+def check_after(after: object) -> tuple[datetime, int] | None:
+    """Return the keyset position (created_at, id) of `after`, a `Task` from a previous page."""
+    if after is None:
+        return None
+    if not isinstance(after, Task):
+        raise TaskValidationError("after", f"must be a Task or None, got {type(after).__name__}")
+    if not isinstance(after.created_at, datetime) or after.created_at.tzinfo is None:
+        raise TaskValidationError("after", "must be a stored Task (it has no created_at)")
+    if isinstance(after.id, bool) or not isinstance(after.id, int):
+        raise TaskValidationError("after", "must be a stored Task (it has no id)")
+    return after.created_at, after.id
+
+
+def check_items(items: object) -> list[TaskItem]:
+    """Validate every item of a bulk create; raise on the first bad one, naming it.
+
+    An item can't carry a `user_id`: the call's applies to all, so one call can't write
+    for another user.
+    """
+    if not isinstance(items, (list, tuple)):
+        raise TaskValidationError("items", f"must be a list of dicts, got {type(items).__name__}")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            kind = type(item).__name__
+            raise TaskValidationError(f"items[{index}]", f"must be a dict, got {kind}")
+    try:
+        return _ITEMS.validate_python(list(items))
+    except ValidationError as exc:
+        raise _first_error(exc, prefix="items") from None
 
 
 def check_limit(limit: object) -> int | None:

@@ -18,7 +18,9 @@ from persistence.models import (
     Task,
     TaskChanges,
     TaskCreate,
+    check_after,
     check_flag,
+    check_items,
     check_limit,
     check_task_id,
     check_user_id,
@@ -30,6 +32,7 @@ __all__ = [
     "Operation",
     "count_tasks",
     "create_task",
+    "create_tasks",
     "delete_task",
     "detach",
     "get_task",
@@ -113,14 +116,34 @@ def get_task(*, user_id: object, task_id: object) -> Operation[Task | None]:
     )
 
 
-def list_tasks(*, user_id: object, complete: object, limit: object) -> Operation[list[Task]]:
-    """SELECT a user's tasks, newest first."""
+def create_tasks(*, user_id: object, items: object) -> Operation[list[Task]]:
+    """INSERT many tasks in one statement, after validating every one of them."""
+    user = check_user_id(user_id)
+    rows = check_items(items)
+    if not rows:
+        return _known("creating tasks", list)
+    statement = statements.insert_tasks(
+        user, [row.title for row in rows], [row.description for row in rows]
+    )
+    return Operation(
+        "creating tasks",
+        statement,
+        lambda result: list(result.scalars().all()) if result is not None else [],
+        writes=True,
+    )
+
+
+def list_tasks(
+    *, user_id: object, complete: object, limit: object, after: object = None
+) -> Operation[list[Task]]:
+    """SELECT a user's tasks, newest first; `after` continues from a previous page."""
     user = check_user_id(user_id)
     flag = check_flag("complete", complete, optional=True)
     cap = check_limit(limit)
+    position = check_after(after)
     return Operation(
         "listing tasks",
-        statements.select_tasks(user, flag, cap),
+        statements.select_tasks(user, flag, cap, position),
         lambda result: list(result.scalars().all()) if result is not None else [],
     )
 

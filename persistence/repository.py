@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import builtins
-from typing import Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from persistence import operations
 from persistence.models import Task
@@ -40,18 +41,38 @@ class TaskRepository:
             operations.create_task(user_id=user_id, title=title, description=description)
         )
 
+    def create_many(
+        self, *, user_id: str, items: Sequence[Mapping[str, Any]]
+    ) -> builtins.list[Task]:
+        """Add many tasks for `user_id` in one statement; return them in the items' order.
+
+        Each item is `{"title": ..., "description": ...}` (description optional). Every item
+        is validated first: one bad item raises `TaskValidationError` naming it (for example
+        `items[3].title`) and nothing is written.
+        """
+        return self._run(operations.create_tasks(user_id=user_id, items=items))
+
     def get(self, *, user_id: str, task_id: int) -> Task | None:
         """Return the task, or `None` if `user_id` has no task with that id."""
         return self._run(operations.get_task(user_id=user_id, task_id=task_id))
 
     def list(
-        self, *, user_id: str, complete: bool | None = None, limit: int | None = 50
+        self,
+        *,
+        user_id: str,
+        complete: bool | None = None,
+        limit: int | None = 50,
+        after: Task | None = None,
     ) -> builtins.list[Task]:
         """Return `user_id`'s tasks newest first (by `created_at`, then `id`), at most `limit`.
 
         `complete=True` or `False` keeps only tasks in that state; `limit=None` means no cap.
+        `after=<the last Task of the previous page>` returns the next page (keyset
+        pagination: page 200 costs what page 1 does).
         """
-        return self._run(operations.list_tasks(user_id=user_id, complete=complete, limit=limit))
+        return self._run(
+            operations.list_tasks(user_id=user_id, complete=complete, limit=limit, after=after)
+        )
 
     def count(self, *, user_id: str, complete: bool | None = None) -> int:
         """Return how many tasks `user_id` has (only those in state `complete`, if given)."""

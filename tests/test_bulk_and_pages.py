@@ -1,0 +1,114 @@
+"""Bulk create (validated first, all or nothing) and keyset pages served by the index."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, text
+
+from persistence import TaskValidationError, UnitOfWork
+from persistence.statements import select_tasks
+
+
+def test_create_many_returns_the_tasks_in_the_items_order(uow: UnitOfWork, user: str):
+    items = [
+        {"title": f"  task {i}  ", "description": f"d{i}" if i % 2 else None} for i in range(25)
+    ]
+    with uow:
+        made = uow.tasks.create_many(user_id=user, items=items)
+        assert uow.tasks.count(user_id=user) == 25
+    assert [t.title for t in made] == [f"task {i}" for i in range(25)]
+    assert [t.description for t in made] == [f"d{i}" if i % 2 else None for i in range(25)]
+    assert all(t.user_id == user and t.complete is False for t in made)
+    assert [t.id for t in made] == sorted(t.id for t in made)
+
+
+def test_create_many_with_no_items_writes_nothing(uow: UnitOfWork, user: str):
+    with uow:
+        assert uow.tasks.create_many(user_id=user, items=[]) == []
+        assert uow.tasks.count(user_id=user) == 0
+
+
+@pytest.mark.parametrize(
+    ("items", "field"),
+    [
+        ([{"title": "ok"}, {"title": "  "}], "items[1].title"),
+        ([{"title": "ok"}, {"title": "ok", "description": "d" * 1001}], "items[1].description"),
+        ([{"title": "ok"}, {"title": 3}], "items[1].title"),
+        ([{"title": "ok"}, {"description": "no title"}], "items[1].title"),
+        ([{"title": "ok"}, {"title": "x", "user_id": "someone-else"}], "items[1].user_id"),
+        ([{"title": "ok"}, {"title": "x", "complete": True}], "items[1].complete"),
+        ([{"title": "ok"}, "just a title"], "items[1]"),
+        ({"title": "not a list"}, "items"),
+        ("title", "items"),
+    ],
+)
+def test_create_many_validates_every_item_first_and_writes_nothing_if_one_is_bad(
+    persistence_engine: Engine, user: str, items: object, field: str
+):
+    with UnitOfWork(persistence_engine) as uow:
+        with pytest.raises(TaskValidationError) as raised:
+            uow.tasks.create_many(user_id=user, items=items)
+        assert raised.value.field == field
+        assert uow.tasks.count(user_id=user) == 0
+    with UnitOfWork(persistence_engine) as uow:
+        assert uow.tasks.count(user_id=user) == 0
+
+
+def test_create_many_is_scoped_to_the_calls_user(uow: UnitOfWork, user: str):
+    with uow:
+        uow.tasks.create_many(user_id=user, items=[{"title": "a"}, {"title": "b"}])
+        assert uow.tasks.count(user_id=user + "-other") == 0
+        assert uow.tasks.count(user_id=user) == 2
+
+
+def test_pages_with_after_walk_every_task_once_newest_first(uow: UnitOfWork, user: str):
+    with uow:
+        uow.tasks.create_many(user_id=user, items=[{"title": f"t{i}"} for i in range(23)])
+    with uow:
+        uow.tasks.create_many(user_id=user, items=[{"title": f"u{i}"} for i in range(7)])
+    with uow:
+        everything = uow.tasks.list(user_id=user, limit=None)
+        pages, after = [], None
+        while True:
+            page = uow.tasks.list(user_id=user, limit=8, after=after)
+            if not page:
+                break
+            pages.append(page)
+            after = page[-1]
+    assert [len(p) for p in pages] == [8, 8, 8, 6]
+    assert [t.id for p in pages for t in p] == [t.id for t in everything]
+    assert pages[0][0].title == "u6"
+
+
+def test_pages_respect_the_completion_filter(uow: UnitOfWork, task_factory, user: str):
+    task_factory.create_batch(5, user_id=user, complete=True)
+    task_factory.create_batch(5, user_id=user)
+    with uow:
+        first = uow.tasks.list(user_id=user, complete=True, limit=3)
+        rest = uow.tasks.list(user_id=user, complete=True, limit=3, after=first[-1])
+    assert len(first) == 3
+    assert len(rest) == 2
+    assert all(t.complete for t in first + rest)
+
+
+@pytest.mark.parametrize("after", [42, "task", {"id": 1}])
+def test_after_must_be_a_task(uow: UnitOfWork, user: str, after: object):
+    with uow, pytest.raises(TaskValidationError) as raised:
+        uow.tasks.list(user_id=user, after=after)
+    assert raised.value.field == "after"
+
+
+def test_a_later_page_is_an_index_scan_with_no_sort(persistence_engine: Engine, user: str):
+    with UnitOfWork(persistence_engine) as uow:
+        for n in range(4):
+            uow.tasks.create_many(
+                user_id=f"{user}-{n}", items=[{"title": f"t{i}"} for i in range(500)]
+            )
+        page = uow.tasks.list(user_id=f"{user}-2", limit=50)
+    statement = select_tasks(f"{user}-2", None, 50, (page[-1].created_at, page[-1].id))
+    compiled = statement.compile(persistence_engine, compile_kwargs={"literal_binds": True})
+    with persistence_engine.begin() as connection:
+        connection.execute(text("ANALYZE tasks"))
+        plan = "\n".join(row[0] for row in connection.execute(text(f"EXPLAIN {compiled}")))
+    assert "Index Scan Backward using ix_tasks_user_id_created_at_id" in plan
+    assert "Sort" not in plan
