@@ -17,7 +17,15 @@ from persistence.embedded import embedded_url
 from persistence.errors import ConfigurationError, driver_errors, register_secret, translate
 from persistence.models import Task
 
-__all__ = ["create_engine", "dispose_engine", "get_engine", "init_db", "normalize_url"]
+__all__ = [
+    "BEGIN_OPTION",
+    "create_engine",
+    "dispose_engine",
+    "get_engine",
+    "init_db",
+    "normalize_url",
+    "transaction_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +75,67 @@ def _connect_translating(
         raise translate(exc, "connecting to the database", connecting=True) from exc
 
 
+# Round trips are this package's speed (Neon is across a network). psycopg in its
+# default mode sends BEGIN as a round trip of its own, and SQLAlchemy sends ROLLBACK after
+# a read. Instead connections stay in autocommit, where reads before the first write need
+# no transaction (under READ COMMITTED every statement takes a fresh snapshot anyway), and
+# the first write carries an explicit BEGIN with it in one psycopg pipeline: BEGIN + the
+# write cost one round trip, COMMIT another. Only statements run with the execution
+# option below (set by the unit of work) are ever put in a transaction this way.
+BEGIN_OPTION = "persistence_begin"
+
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
+
+
+def transaction_options(
+    *, isolation_level: str | None = None, read_only: bool = False, eager: bool = False
+) -> dict[str, Any]:
+    """Execution options under which the first write begins a transaction.
+
+    With REPEATABLE READ or SERIALIZABLE (or `eager`), the first statement of any kind
+    begins it, so that every read shares the transaction's snapshot.
+    """
+    begin = "BEGIN"
+    if isolation_level is not None:
+        begin += f" ISOLATION LEVEL {isolation_level}"
+    if read_only:
+        begin += " READ ONLY"
+    return {BEGIN_OPTION: (begin, eager or isolation_level in _SNAPSHOT_LEVELS)}
+
+
+def _is_read(statement: str) -> bool:
+    return statement.lstrip()[:6].upper() == "SELECT"
+
+
+def _begin_with_first_write(
+    cursor: Any, statement: str, parameters: Any, context: Any
+) -> bool | None:
+    begin = context.execution_options.get(BEGIN_OPTION)
+    if begin is None:
+        return None  # not in a unit of work: plain autocommit
+    connection = cursor.connection
+    if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return None  # already in the transaction
+    sql, eager = begin
+    if not eager and _is_read(statement):
+        return None
+    # Exiting the pipeline syncs: both results are in before SQLAlchemy reads the cursor.
+    with connection.pipeline():
+        connection.execute(sql)
+        cursor.execute(statement, parameters or None)
+    return True
+
+
+def _begin_with_first_write_no_params(cursor: Any, statement: str, context: Any) -> bool | None:
+    return _begin_with_first_write(cursor, statement, None, context)
+
+
 def create_engine(url: str | URL, settings: Settings | None = None, **overrides: Any) -> Engine:
     """Build an engine for `url` with the pool and timeouts from `settings`.
 
-    Nothing connects until the first unit of work. Raises `ConfigurationError` for a bad URL.
+    Its connections are in autocommit: `UnitOfWork` begins transactions (lazily, with the
+    first write). Nothing connects until first use. Raises `ConfigurationError` for a bad
+    URL.
     """
     settings = settings or load_settings()
     sa_url = normalize_url(url)
@@ -90,10 +155,13 @@ def create_engine(url: str | URL, settings: Settings | None = None, **overrides:
         # detected on use instead.
         "pool_pre_ping": False,
         "connect_args": connect_args,
+        "isolation_level": "AUTOCOMMIT",
     }
     options.update(overrides)
     engine = sa_create_engine(sa_url, **options)
     event.listen(engine, "do_connect", _connect_translating)
+    event.listen(engine, "do_execute", _begin_with_first_write)
+    event.listen(engine, "do_execute_no_params", _begin_with_first_write_no_params)
     logger.info(
         "engine created for %s (pool %d + %d overflow)",
         sa_url.render_as_string(hide_password=True),
@@ -133,7 +201,7 @@ def init_db(engine: Engine | None = None) -> None:
     Safe to call from several processes at once. Raises a `PersistenceError` subclass
     if the database can't be reached or refuses.
     """
-    engine = engine or get_engine()
+    engine = (engine or get_engine()).execution_options(**transaction_options(eager=True))
     with driver_errors("creating the tables"), engine.begin() as connection:
         # Two processes creating the table at once would collide in the catalog.
         connection.execute(select(func.pg_advisory_xact_lock(0x7461736B73)))

@@ -25,7 +25,13 @@ import pytest
 from sqlalchemy import Connection, Engine, delete, text
 
 from persistence.config import load_settings
-from persistence.database import create_engine, dispose_engine, init_db, normalize_url
+from persistence.database import (
+    create_engine,
+    dispose_engine,
+    init_db,
+    normalize_url,
+    transaction_options,
+)
 from persistence.embedded import embedded_url
 from persistence.models import Task
 from persistence.unit_of_work import UnitOfWork
@@ -87,7 +93,9 @@ def persistence_database() -> Iterator[TestDatabase]:
 @pytest.fixture
 def persistence_connection(persistence_database: TestDatabase) -> Iterator[Connection]:
     """A connection inside a transaction that is rolled back when the test ends."""
-    with persistence_database.engine.connect() as connection:
+    with persistence_database.engine.connect() as plain:
+        # Begun with the first statement, like a unit of work's, and never committed.
+        connection = plain.execution_options(**transaction_options(eager=True))
         outer = connection.begin()
         try:
             yield connection

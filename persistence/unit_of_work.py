@@ -7,14 +7,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from persistence.database import get_engine
+from persistence.database import get_engine, transaction_options
 from persistence.errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
@@ -82,12 +82,9 @@ class UnitOfWork:
             return Session(
                 bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint"
             )
-        options: dict[str, Any] = {}
-        if self._isolation_level is not None:
-            options["isolation_level"] = self._isolation_level
-        if self._read_only:
-            options["postgresql_readonly"] = True
-        engine = bind.execution_options(**options) if options else bind
+        engine = bind.execution_options(
+            **transaction_options(isolation_level=self._isolation_level, read_only=self._read_only)
+        )
         # expire_on_commit=False: results stay readable after the block, with no lazy loads.
         return Session(bind=engine, expire_on_commit=False, autoflush=False)
 
