@@ -126,6 +126,25 @@ def _first_line(exc: BaseException) -> str:
     return scrub(text[0]) if text else type(orig).__name__
 
 
+# libpq reports a refused login while connecting without a SQLSTATE (psycopg gives
+# `sqlstate=None`), so these phrases from libpq and the server are the only signal left.
+_AUTH_PHRASES = (
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "password is required",
+    "channel binding",
+    'role "',
+)
+
+
+def _is_auth_failure(exc: BaseException, state: str | None) -> bool:
+    if state is not None:
+        return state.startswith("28")
+    text = str(exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc).lower()
+    return any(phrase in text for phrase in _AUTH_PHRASES)
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """Whether `exc` says the connection is gone (as opposed to a statement that failed)."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
@@ -153,7 +172,7 @@ def translate(exc: BaseException, action: str, *, connecting: bool = False) -> P
         error = PoolTimeoutError(
             f"{action}: no database connection became free in time (pool exhausted): {detail}"
         )
-    elif state is not None and state.startswith("28"):
+    elif _is_auth_failure(exc, state) and (connecting or state is not None):
         error = AuthenticationError(
             f"{action}: the server refused the credentials in DATABASE_URL "
             f"(SQLSTATE {state}): {detail}"

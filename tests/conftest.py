@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine, func, select
+
+from persistence import create_engine
+from persistence.database import normalize_url
+from persistence.testing import TestDatabase
 
 
 @pytest.fixture
 def user() -> str:
     """A user id no other test uses."""
     return f"user-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def killer_engine(persistence_database: TestDatabase) -> Iterator[Engine]:
+    """An engine that reaches the server's backends directly, to kill them.
+
+    Behind a transaction-mode pooler, a connection through the pooler may be handed the
+    very backend it means to kill; `PERSISTENCE_TEST_DIRECT_URL` (set by `.ci/run` for the
+    PgBouncer run) names the server behind the pooler.
+    """
+    direct = os.environ.get("PERSISTENCE_TEST_DIRECT_URL")
+    if not direct:
+        yield persistence_database.engine
+        return
+    url = normalize_url(direct).set(database=persistence_database.name)
+    engine = create_engine(url, pool_size=2, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+def terminate(killer: Engine, *pids: int) -> None:
+    """Kill server backends from another connection, as a restarted server would."""
+    with killer.connect() as connection:
+        for pid in pids:
+            connection.execute(select(func.pg_terminate_backend(pid)))
+    time.sleep(0.05)  # let the backends exit

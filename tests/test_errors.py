@@ -24,6 +24,7 @@ from persistence import (
 )
 from persistence.errors import driver_errors
 from persistence.testing import TestDatabase
+from tests.conftest import terminate
 
 
 def test_the_error_types_form_one_family():
@@ -71,13 +72,12 @@ def test_the_database_constraints_back_up_validation(
 
 
 def test_a_connection_killed_inside_a_unit_of_work_raises_and_commits_nothing(
-    persistence_engine: Engine, user: str
+    persistence_engine: Engine, killer_engine: Engine, user: str
 ):
     with pytest.raises(ConnectionLostError) as raised, UnitOfWork(persistence_engine) as uow:
         uow.tasks.create(user_id=user, title="lost with the connection")
         pid = uow._active_session().execute(select(func.pg_backend_pid())).scalar_one()
-        with persistence_engine.connect() as killer:
-            killer.execute(select(func.pg_terminate_backend(pid)))
+        terminate(killer_engine, pid)
         uow.tasks.create(user_id=user, title="never arrives")
     assert raised.value.__cause__ is not None
     with UnitOfWork(persistence_engine) as uow:

@@ -22,17 +22,11 @@ from persistence import (
 )
 from persistence.database import normalize_url
 from persistence.testing import TestDatabase
+from tests.conftest import terminate
 
 
 def _backend_pid(uow: UnitOfWork) -> int:
     return int(uow._active_session().execute(select(func.pg_backend_pid())).scalar_one())
-
-
-def _terminate(engine: Engine, *pids: int) -> None:
-    with engine.connect() as killer:
-        for pid in pids:
-            assert killer.execute(select(func.pg_terminate_backend(pid))).scalar_one()
-    time.sleep(0.05)  # let the backends exit
 
 
 @pytest.fixture
@@ -43,11 +37,11 @@ def small_engine(persistence_database: TestDatabase, persistence_engine: Engine)
 
 
 def test_a_pooled_connection_that_died_while_idle_is_replaced_unseen(
-    small_engine: Engine, persistence_engine: Engine, user: str
+    small_engine: Engine, persistence_engine: Engine, killer_engine: Engine, user: str
 ):
     with UnitOfWork(small_engine) as uow:
         pid = _backend_pid(uow)
-    _terminate(persistence_engine, pid)  # as a suspended or restarted compute does
+    terminate(killer_engine, pid)  # as a suspended or restarted compute does
     for first_call in ("create", "list"):
         with UnitOfWork(small_engine) as uow:
             if first_call == "create":
@@ -55,12 +49,12 @@ def test_a_pooled_connection_that_died_while_idle_is_replaced_unseen(
             assert len(uow.tasks.list(user_id=user)) == 1
             new_pid = _backend_pid(uow)
         assert new_pid != pid
-        _terminate(persistence_engine, new_pid)
+        terminate(killer_engine, new_pid)
         pid = new_pid
 
 
 def test_every_pooled_connection_dead_after_a_restart_still_works(
-    small_engine: Engine, persistence_engine: Engine, user: str
+    small_engine: Engine, persistence_engine: Engine, killer_engine: Engine, user: str
 ):
     barrier = threading.Barrier(2)
     pids: list[int] = []
@@ -75,7 +69,7 @@ def test_every_pooled_connection_dead_after_a_restart_still_works(
         thread.start()
     for thread in threads:
         thread.join()
-    _terminate(persistence_engine, *pids)
+    terminate(killer_engine, *pids)
     with UnitOfWork(small_engine) as uow:
         uow.tasks.create(user_id=user, title="first after restart")
     with UnitOfWork(small_engine) as uow:
@@ -83,11 +77,11 @@ def test_every_pooled_connection_dead_after_a_restart_still_works(
 
 
 def test_a_connection_lost_mid_unit_is_not_replayed(
-    small_engine: Engine, persistence_engine: Engine, user: str
+    small_engine: Engine, persistence_engine: Engine, killer_engine: Engine, user: str
 ):
     with pytest.raises(ConnectionLostError), UnitOfWork(small_engine) as uow:
         uow.tasks.create(user_id=user, title="done before the drop")
-        _terminate(persistence_engine, _backend_pid(uow))
+        terminate(killer_engine, _backend_pid(uow))
         uow.tasks.create(user_id=user, title="after the drop")
     with UnitOfWork(small_engine) as uow:
         assert uow.tasks.count(user_id=user) == 0
@@ -119,7 +113,7 @@ def test_run_in_transaction_never_reruns_on_the_applications_own_errors(
 
 
 def test_run_in_transaction_reruns_after_a_connection_lost_before_commit(
-    small_engine: Engine, persistence_engine: Engine, user: str
+    small_engine: Engine, persistence_engine: Engine, killer_engine: Engine, user: str
 ):
     calls = []
 
@@ -127,7 +121,7 @@ def test_run_in_transaction_reruns_after_a_connection_lost_before_commit(
         calls.append(1)
         task = uow.tasks.create(user_id=user, title="t")
         if len(calls) == 1:
-            _terminate(persistence_engine, _backend_pid(uow))
+            terminate(killer_engine, _backend_pid(uow))
         uow.tasks.toggle_complete(user_id=user, task_id=task.id)
         return task.id
 
@@ -193,7 +187,7 @@ def test_wrong_credentials_fail_fast_with_a_clear_error(persistence_database: Te
         pytest.skip(
             "needs a server that checks passwords: the TLS run of .ci/run (SCRAM user) has one"
         )
-    engine = create_engine(url.set(password="wrong-" + url.password), connect_timeout=10)
+    engine = create_engine(url.set(password="wrong-" + url.password))
     started = time.perf_counter()
     with pytest.raises(AuthenticationError) as raised:
         run_in_transaction(lambda uow: uow.tasks.count(user_id="u"), bind=engine, attempts=5)
