@@ -21,8 +21,10 @@ __all__ = [
     "BEGIN_OPTION",
     "create_engine",
     "dispose_engine",
+    "engine_arguments",
     "get_engine",
     "init_db",
+    "instrument",
     "normalize_url",
     "transaction_options",
 ]
@@ -130,13 +132,10 @@ def _begin_with_first_write_no_params(cursor: Any, statement: str, context: Any)
     return _begin_with_first_write(cursor, statement, None, context)
 
 
-def create_engine(url: str | URL, settings: Settings | None = None, **overrides: Any) -> Engine:
-    """Build an engine for `url` with the pool and timeouts from `settings`.
-
-    Its connections are in autocommit: `UnitOfWork` begins transactions (lazily, with the
-    first write). Nothing connects until first use. Raises `ConfigurationError` for a bad
-    URL.
-    """
+def engine_arguments(
+    url: str | URL, settings: Settings | None = None, **overrides: Any
+) -> tuple[URL, dict[str, Any]]:
+    """The URL and `create_engine` keyword arguments shared by the sync and async engines."""
     settings = settings or load_settings()
     sa_url = normalize_url(url)
     connect_args: dict[str, Any] = {
@@ -158,17 +157,32 @@ def create_engine(url: str | URL, settings: Settings | None = None, **overrides:
         "isolation_level": "AUTOCOMMIT",
     }
     options.update(overrides)
-    engine = sa_create_engine(sa_url, **options)
+    return sa_url, options
+
+
+def instrument(engine: Engine) -> Engine:
+    """Attach the package's connection behaviour to `engine` (for an async engine: its
+    `sync_engine`): connection errors translated, BEGIN pipelined with the first write."""
     event.listen(engine, "do_connect", _connect_translating)
     event.listen(engine, "do_execute", _begin_with_first_write)
     event.listen(engine, "do_execute_no_params", _begin_with_first_write_no_params)
     logger.info(
-        "engine created for %s (pool %d + %d overflow)",
-        sa_url.render_as_string(hide_password=True),
-        settings.pool_size,
-        settings.max_overflow,
+        "engine created for %s (pool size %s)",
+        engine.url.render_as_string(hide_password=True),
+        getattr(engine.pool, "size", lambda: "-")(),
     )
     return engine
+
+
+def create_engine(url: str | URL, settings: Settings | None = None, **overrides: Any) -> Engine:
+    """Build an engine for `url` with the pool and timeouts from `settings`.
+
+    Its connections are in autocommit: `UnitOfWork` begins transactions (lazily, with the
+    first write). Nothing connects until first use. `overrides` are passed on to
+    SQLAlchemy's `create_engine`. Raises `ConfigurationError` for a bad URL.
+    """
+    sa_url, options = engine_arguments(url, settings, **overrides)
+    return instrument(sa_create_engine(sa_url, **options))
 
 
 def get_engine() -> Engine:

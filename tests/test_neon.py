@@ -262,3 +262,17 @@ def test_psycopg_never_prepares_statements(persistence_engine: Engine, user: str
             select(func.count()).select_from(table("pg_prepared_statements"))
         ).scalar_one()
     assert prepared == 0
+
+
+def test_a_tls_url_as_neon_gives_it_connects_over_tls(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    url = normalize_url(persistence_database.url)
+    if url.query.get("sslmode") != "require":
+        pytest.skip("needs a sslmode=require URL: the TLS run of .ci/run has one")
+    assert url.query.get("channel_binding") == "require"
+    with UnitOfWork(persistence_engine) as uow:
+        uow.tasks.create(user_id=user, title="over TLS")
+        raw = uow._active_session().connection().connection.driver_connection
+        assert raw.pgconn.ssl_in_use
+    assert "tls:        yes" in _doctor(persistence_database.url).stdout
