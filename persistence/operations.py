@@ -65,6 +65,8 @@ class Operation(Generic[T]):
     read: Callable[[Result[Any] | None], T]
     writes: bool = False
     """Whether the statement changes data (so a lost COMMIT leaves its outcome unknown)."""
+    request: tuple[str, dict[str, Any]] = ("", {})
+    """The same request as plain validated values, for the in-memory fake unit of work."""
 
 
 def _known(action: str, answer: Callable[[], T]) -> Operation[T]:
@@ -92,8 +94,11 @@ def _one_task_or_not_found(user_id: str, task_id: object) -> Callable[[Result[An
 def create_task(*, user_id: object, title: object, description: object) -> Operation[Task]:
     """INSERT one task after validating every field."""
     data = validate(TaskCreate, {"user_id": user_id, "title": title, "description": description})
-    statement = statements.insert_task(data.model_dump())
-    return Operation("creating a task", statement, _first_task, writes=True)
+    values = data.model_dump()
+    statement = statements.insert_task(values)
+    return Operation(
+        "creating a task", statement, _first_task, writes=True, request=("create", values)
+    )
 
 
 def _first_task(result: Result[Any] | None) -> Task:
@@ -113,6 +118,7 @@ def get_task(*, user_id: object, task_id: object) -> Operation[Task | None]:
         "reading a task",
         statements.select_task(user, found_id),
         lambda result: result.scalars().first() if result is not None else None,
+        request=("get", {"user_id": user, "task_id": found_id}),
     )
 
 
@@ -122,14 +128,13 @@ def create_tasks(*, user_id: object, items: object) -> Operation[list[Task]]:
     rows = check_items(items)
     if not rows:
         return _known("creating tasks", list)
-    statement = statements.insert_tasks(
-        user, [row.title for row in rows], [row.description for row in rows]
-    )
+    titles, descriptions = [row.title for row in rows], [row.description for row in rows]
     return Operation(
         "creating tasks",
-        statement,
+        statements.insert_tasks(user, titles, descriptions),
         lambda result: list(result.scalars().all()) if result is not None else [],
         writes=True,
+        request=("create_many", {"user_id": user, "titles": titles, "descriptions": descriptions}),
     )
 
 
@@ -145,6 +150,10 @@ def list_tasks(
         "listing tasks",
         statements.select_tasks(user, flag, cap, position),
         lambda result: list(result.scalars().all()) if result is not None else [],
+        request=(
+            "list",
+            {"user_id": user, "complete": flag, "limit": cap, "after": position},
+        ),
     )
 
 
@@ -156,6 +165,7 @@ def count_tasks(*, user_id: object, complete: object) -> Operation[int]:
         "counting tasks",
         statements.count_tasks(user, flag),
         lambda result: int(result.scalar_one()) if result is not None else 0,
+        request=("count", {"user_id": user, "complete": flag}),
     )
 
 
@@ -175,6 +185,7 @@ def update_task(
         statements.update_task(user, found_id, changes),
         _one_task_or_not_found(user, task_id),
         writes=True,
+        request=("update", {"user_id": user, "task_id": found_id, "changes": changes}),
     )
 
 
@@ -189,6 +200,7 @@ def toggle_task(*, user_id: object, task_id: object) -> Operation[Task]:
         statements.toggle_task(user, found_id),
         _one_task_or_not_found(user, task_id),
         writes=True,
+        request=("toggle", {"user_id": user, "task_id": found_id}),
     )
 
 
@@ -203,7 +215,13 @@ def delete_task(*, user_id: object, task_id: object) -> Operation[None]:
         if result is None or result.first() is None:
             raise TaskNotFoundError(user_id=user, task_id=task_id)
 
-    return Operation("deleting a task", statements.delete_task(user, found_id), read, writes=True)
+    return Operation(
+        "deleting a task",
+        statements.delete_task(user, found_id),
+        read,
+        writes=True,
+        request=("delete", {"user_id": user, "task_id": found_id}),
+    )
 
 
 def detach(expunge: Callable[[Any], None], value: object) -> None:
