@@ -1,0 +1,264 @@
+"""An in-memory unit of work with the real one's contract, for unit tests without a database."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from persistence.errors import PersistenceError, TaskNotFoundError, TaskValidationError
+from persistence.models import Task, check_flag
+from persistence.operations import Operation
+from persistence.repository import TaskRepository
+
+__all__ = ["FakeDatabase", "FakeUnitOfWork"]
+
+T = TypeVar("T")
+
+_ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+
+
+@dataclass
+class _Row:
+    id: int
+    user_id: str
+    title: str
+    description: str | None
+    complete: bool
+    created_at: datetime
+    updated_at: datetime
+
+    def task(self) -> Task:
+        return Task(
+            id=self.id,
+            user_id=self.user_id,
+            title=self.title,
+            description=self.description,
+            complete=self.complete,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+@dataclass
+class FakeDatabase:
+    """The committed state that `FakeUnitOfWork`s share (one per test, say)."""
+
+    rows: dict[int, _Row] = field(default_factory=dict)
+    _next_id: int = 1
+    _clock: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def tasks(self) -> list[Task]:
+        """Every committed task, oldest first (for assertions)."""
+        with self._lock:
+            return [row.task() for row in sorted(self.rows.values(), key=lambda r: r.id)]
+
+    def _tick(self) -> datetime:
+        # A clock that always moves forward, as `updated_at` must.
+        self._clock = max(datetime.now(UTC), self._clock + timedelta(microseconds=1))
+        return self._clock
+
+    def _new_id(self) -> int:
+        with self._lock:
+            self._next_id += 1
+            return self._next_id - 1
+
+
+class _Transaction:
+    """A working copy of the database plus what it changed, applied row by row on commit."""
+
+    def __init__(self, database: FakeDatabase) -> None:
+        self.database = database
+        with database._lock:
+            self.rows = copy.deepcopy(database.rows)
+        self.changed: set[int] = set()
+
+    def commit(self) -> None:
+        with self.database._lock:
+            for task_id in self.changed:
+                if task_id in self.rows:
+                    self.database.rows[task_id] = copy.deepcopy(self.rows[task_id])
+                else:
+                    self.database.rows.pop(task_id, None)
+        self.changed.clear()
+
+
+class FakeUnitOfWork:
+    """`UnitOfWork`'s contract in memory: the same `tasks` repository (validation included),
+    commit on a clean exit, rollback on an exception, `commit()`, `rollback()`,
+    `savepoint()`, user scoping, ordering, `TaskNotFoundError`.
+
+    Units of work built on one `FakeDatabase` see each other's commits.
+    """
+
+    def __init__(
+        self,
+        database: FakeDatabase | None = None,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+    ) -> None:
+        if isolation_level is not None and isolation_level not in _ISOLATION_LEVELS:
+            raise TaskValidationError(
+                "isolation_level",
+                f"must be one of {sorted(_ISOLATION_LEVELS)} or None, got {isolation_level!r}",
+            )
+        self.database = database if database is not None else FakeDatabase()
+        self._read_only = bool(check_flag("read_only", read_only, optional=False))
+        self._transaction: _Transaction | None = None
+        self._tasks = TaskRepository(self._run)
+
+    def __enter__(self) -> Self:
+        if self._transaction is not None:
+            raise PersistenceError("this unit of work is already active; use a new UnitOfWork")
+        self._transaction = _Transaction(self.database)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        transaction = self._active()
+        self._transaction = None
+        if exc_type is None:
+            transaction.commit()
+
+    @property
+    def tasks(self) -> TaskRepository:
+        """The task repository; raises `PersistenceError` outside an active `with` block."""
+        self._active()
+        return self._tasks
+
+    def commit(self) -> None:
+        """Make the work so far visible to other units of work on the same database."""
+        transaction = self._active()
+        transaction.commit()
+        self._transaction = _Transaction(self.database)
+
+    def rollback(self) -> None:
+        """Discard the work since the last commit."""
+        self._active()
+        self._transaction = _Transaction(self.database)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """An exception inside undoes only the work inside, then propagates."""
+        transaction = self._active()
+        rows, changed = copy.deepcopy(transaction.rows), set(transaction.changed)
+        try:
+            yield
+        except BaseException:
+            if self._transaction is transaction:
+                transaction.rows, transaction.changed = rows, changed
+            raise
+
+    def _active(self) -> _Transaction:
+        if self._transaction is None:
+            raise PersistenceError(
+                "this unit of work is not active: use uow.tasks, commit(), rollback() and "
+                "savepoint() inside `with UnitOfWork() as uow:`"
+            )
+        return self._transaction
+
+    def _run(self, operation: Operation[T]) -> T:
+        transaction = self._active()
+        if operation.statement is None:
+            return operation.read(None)
+        kind, args = operation.request
+        if operation.writes and self._read_only:
+            raise PersistenceError("cannot write in a read-only unit of work (read-only)")
+        answer: Any = getattr(self, f"_{kind}")(transaction, **args)
+        return answer  # type: ignore[no-any-return]
+
+    def _owned(self, transaction: _Transaction, user_id: str, task_id: int) -> _Row | None:
+        row = transaction.rows.get(task_id)
+        return row if row is not None and row.user_id == user_id else None
+
+    def _insert(
+        self, transaction: _Transaction, user_id: str, title: str, description: Any
+    ) -> Task:
+        now = self.database._tick()
+        row = _Row(self.database._new_id(), user_id, title, description, False, now, now)
+        transaction.rows[row.id] = row
+        transaction.changed.add(row.id)
+        return row.task()
+
+    def _create(self, transaction: _Transaction, **values: Any) -> Task:
+        return self._insert(transaction, values["user_id"], values["title"], values["description"])
+
+    def _create_many(
+        self, transaction: _Transaction, user_id: str, titles: list[str], descriptions: list[Any]
+    ) -> list[Task]:
+        return [
+            self._insert(transaction, user_id, title, description)
+            for title, description in zip(titles, descriptions, strict=True)
+        ]
+
+    def _get(self, transaction: _Transaction, user_id: str, task_id: int) -> Task | None:
+        row = self._owned(transaction, user_id, task_id)
+        return row.task() if row is not None else None
+
+    def _selected(
+        self, transaction: _Transaction, user_id: str, complete: bool | None
+    ) -> list[_Row]:
+        return [
+            row
+            for row in transaction.rows.values()
+            if row.user_id == user_id and (complete is None or row.complete == complete)
+        ]
+
+    def _list(
+        self,
+        transaction: _Transaction,
+        user_id: str,
+        complete: bool | None,
+        limit: int | None,
+        after: tuple[datetime, int] | None,
+    ) -> list[Task]:
+        rows = sorted(
+            self._selected(transaction, user_id, complete),
+            key=lambda row: (row.created_at, row.id),
+            reverse=True,
+        )
+        if after is not None:
+            rows = [row for row in rows if (row.created_at, row.id) < after]
+        return [row.task() for row in rows[:limit]]
+
+    def _count(self, transaction: _Transaction, user_id: str, complete: bool | None) -> int:
+        return len(self._selected(transaction, user_id, complete))
+
+    def _changed(
+        self, transaction: _Transaction, user_id: str, task_id: int, changes: dict[str, Any]
+    ) -> Task:
+        row = self._owned(transaction, user_id, task_id)
+        if row is None:
+            raise TaskNotFoundError(user_id=user_id, task_id=task_id)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        row.updated_at = max(self.database._tick(), row.updated_at + timedelta(microseconds=1))
+        transaction.changed.add(task_id)
+        return row.task()
+
+    def _update(
+        self, transaction: _Transaction, user_id: str, task_id: int, changes: dict[str, Any]
+    ) -> Task:
+        return self._changed(transaction, user_id, task_id, changes)
+
+    def _toggle(self, transaction: _Transaction, user_id: str, task_id: int) -> Task:
+        row = self._owned(transaction, user_id, task_id)
+        flipped = {"complete": not row.complete} if row is not None else {}
+        return self._changed(transaction, user_id, task_id, flipped)
+
+    def _delete(self, transaction: _Transaction, user_id: str, task_id: int) -> None:
+        if self._owned(transaction, user_id, task_id) is None:
+            raise TaskNotFoundError(user_id=user_id, task_id=task_id)
+        del transaction.rows[task_id]
+        transaction.changed.add(task_id)
