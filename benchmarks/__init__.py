@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks` prints round trips and timings (not run by the tests)."""

@@ -1,0 +1,202 @@
+"""A TCP proxy that injects latency, counts round trips and cuts connections on demand."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+__all__ = ["LatencyProxy"]
+
+Matcher = Callable[[bytes], bool]
+
+
+@dataclass
+class _Link:
+    """One client connection and its upstream twin."""
+
+    client: socket.socket
+    server: socket.socket
+    last_from_client: bool = False
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        for sock in (self.client, self.server):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+class LatencyProxy:
+    """Listens on 127.0.0.1 (`.port`) and forwards to `target`: `(host, port)` or the path of
+    a Unix socket. Each chunk is held back `rtt_ms / 2` in each direction, in order, so one
+    request and its reply cost one `rtt_ms`.
+
+    `round_trips` counts client-to-server flights (the client sending again after the
+    server has spoken) across all connections since the last `reset_counts()`: a test warms
+    up its pool, resets, then reads the round trips of the work it measures, and
+    `connections_opened` tells whether that work opened new connections.
+    `cut_on(matcher)` drops the connection when a client chunk matches, before (or after)
+    forwarding it: a network cut at a chosen point.
+    """
+
+    def __init__(self, target: tuple[str, int] | str, *, rtt_ms: float = 0.0) -> None:
+        self.target = target
+        self.rtt_ms = rtt_ms
+        self.round_trips = 0
+        self.connections_opened = 0
+        self._links: list[_Link] = []
+        self._lock = threading.Lock()
+        self._cut: tuple[Matcher, bool] | None = None
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port: int = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._running = False
+
+    def __enter__(self) -> Self:
+        self._running = True
+        self._spawn(self._accept)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._running = False
+        self._listener.close()
+        self.cut()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def reset_counts(self) -> None:
+        """Start counting round trips (and opened connections) from zero."""
+        with self._lock:
+            self.round_trips = 0
+            self.connections_opened = 0
+
+    def cut(self) -> None:
+        """Close every open connection abruptly, both sides."""
+        with self._lock:
+            links, self._links = self._links, []
+        for link in links:
+            link.close()
+
+    def cut_on(self, matcher: Matcher | None, *, after_forwarding: bool = False) -> None:
+        """Cut a connection when the client sends a chunk for which `matcher` is true.
+
+        `after_forwarding=False` drops that chunk (the server never sees it); `True`
+        forwards it first and cuts before any reply gets back. `None` disarms.
+        """
+        self._cut = None if matcher is None else (matcher, after_forwarding)
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self.target, str):
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            return upstream
+        upstream = socket.create_connection(self.target)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return upstream
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                server = self._connect_upstream()
+            except OSError:
+                client.close()
+                continue
+            link = _Link(client, server)
+            with self._lock:
+                self._links.append(link)
+                self.connections_opened += 1
+            self._pump(link, from_client=True)
+            self._pump(link, from_client=False)
+
+    def _pump(self, link: _Link, *, from_client: bool) -> None:
+        # One thread reads, another delivers each chunk when its delay is over, so a chunk
+        # read 1 ms after another is delivered 1 ms after it.
+        queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        ready = threading.Condition()
+        source = link.client if from_client else link.server
+        sink = link.server if from_client else link.client
+
+        def read() -> None:
+            while True:
+                try:
+                    data = source.recv(65536)
+                except OSError:
+                    data = b""
+                if data and from_client:
+                    if not self._on_client_chunk(link, data):
+                        return
+                elif data:
+                    link.last_from_client = False
+                with ready:
+                    queue.append((time.monotonic() + self.rtt_ms / 2000, data))
+                    ready.notify()
+                if not data:
+                    return
+
+        def deliver() -> None:
+            while True:
+                with ready:
+                    while not queue:
+                        if link.closed:
+                            return
+                        ready.wait(0.05)
+                    due, data = queue.popleft()
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if not data:
+                    link.close()
+                    return
+                try:
+                    sink.sendall(data)
+                except OSError:
+                    link.close()
+                    return
+                if from_client and self._cut is not None and self._cut[1] and self._cut[0](data):
+                    link.close()
+                    return
+
+        self._spawn(read)
+        self._spawn(deliver)
+
+    def _on_client_chunk(self, link: _Link, data: bytes) -> bool:
+        """Count a new flight; return False if the connection is cut before forwarding."""
+        if not link.last_from_client:
+            with self._lock:
+                self.round_trips += 1
+        link.last_from_client = True
+        cut = self._cut
+        if cut is not None and not cut[1] and cut[0](data):
+            link.close()
+            return False
+        return True

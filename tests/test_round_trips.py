@@ -1,0 +1,100 @@
+"""Round trips per unit of work, counted by a proxy (deterministic: no timing involved)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import URL, Engine
+
+from benchmarks.proxy import LatencyProxy
+from persistence import UnitOfWork, create_engine
+from persistence.database import normalize_url
+from persistence.testing import TestDatabase
+
+
+def proxy_target(url: URL) -> tuple[str, int] | str:
+    """Where a proxy must forward to reach the server of `url` (a TCP port or Unix socket)."""
+    socket_dir = url.query.get("host")
+    port = url.port or 5432
+    if isinstance(socket_dir, str) and socket_dir.startswith("/"):
+        return f"{socket_dir}/.s.PGSQL.{port}"
+    return (url.host or "127.0.0.1", port)
+
+
+@pytest.fixture
+def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
+    with LatencyProxy(proxy_target(normalize_url(persistence_database.url))) as running:
+        yield running
+
+
+@pytest.fixture
+def proxied(persistence_database: TestDatabase, proxy: LatencyProxy) -> Iterator[Engine]:
+    url = normalize_url(persistence_database.url)
+    query = {k: v for k, v in url.query.items() if k != "host"}
+    engine = create_engine(url.set(host="127.0.0.1", port=proxy.port, query=query))
+    with UnitOfWork(engine) as uow:  # warm up: connect once, outside the counts
+        uow.tasks.count(user_id="warm-up")
+    yield engine
+    engine.dispose()
+
+
+def round_trips(proxy: LatencyProxy, engine: Engine, work: Callable[[UnitOfWork], Any], **kw):
+    proxy.reset_counts()
+    with UnitOfWork(engine, **kw) as uow:
+        work(uow)
+    assert proxy.connections_opened == 0, "a unit of work opened a new connection"
+    return proxy.round_trips
+
+
+def test_a_unit_of_work_that_only_reads_costs_one_round_trip(proxy, proxied, user):
+    assert round_trips(proxy, proxied, lambda uow: uow.tasks.list(user_id=user)) == 1
+    assert round_trips(proxy, proxied, lambda uow: uow.tasks.count(user_id=user)) == 1
+
+
+def test_creating_a_task_costs_two_round_trips(proxy, proxied, user):
+    assert round_trips(proxy, proxied, lambda uow: uow.tasks.create(user_id=user, title="t")) == 2
+
+
+def test_toggling_costs_two_round_trips_with_no_read_first(proxy, proxied, user):
+    with UnitOfWork(proxied) as uow:
+        task = uow.tasks.create(user_id=user, title="t")
+
+    def toggle(uow: UnitOfWork) -> None:
+        uow.tasks.toggle_complete(user_id=user, task_id=task.id)
+
+    assert round_trips(proxy, proxied, toggle) == 2
+
+
+def test_create_toggle_and_list_cost_four_round_trips(proxy, proxied, user):
+    def mixed(uow: UnitOfWork) -> None:
+        task = uow.tasks.create(user_id=user, title="t")
+        uow.tasks.toggle_complete(user_id=user, task_id=task.id)
+        uow.tasks.list(user_id=user)
+
+    assert round_trips(proxy, proxied, mixed) == 4
+
+
+def test_a_thousand_tasks_in_bulk_cost_two_round_trips(proxy, proxied, user):
+    def bulk(uow: UnitOfWork) -> None:
+        assert len(uow.tasks.create_many(user_id=user, items=[{"title": "t"}] * 1000)) == 1000
+
+    assert round_trips(proxy, proxied, bulk) == 2
+
+
+def test_reads_under_serializable_share_the_transaction(proxy, proxied, user):
+    def reads(uow: UnitOfWork) -> None:
+        uow.tasks.list(user_id=user)
+        uow.tasks.count(user_id=user)
+
+    # BEGIN goes with the first read (1), the second read (1), COMMIT (1).
+    assert round_trips(proxy, proxied, reads, isolation_level="SERIALIZABLE") == 3
+
+
+def test_validation_errors_cost_no_round_trip(proxy, proxied, user):
+    def bad(uow: UnitOfWork) -> None:
+        with pytest.raises(ValueError, match="title"):
+            uow.tasks.create(user_id=user, title="   ")
+
+    assert round_trips(proxy, proxied, bad) == 0
