@@ -120,11 +120,16 @@ class LatencyProxy:
         return upstream
 
     def _accept(self) -> None:
+        # A timeout, because closing a listening socket does not wake a blocked accept().
+        self._listener.settimeout(0.05)
         while self._running:
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 server = self._connect_upstream()
