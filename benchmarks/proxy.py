@@ -12,9 +12,16 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-__all__ = ["LatencyProxy"]
+__all__ = ["LatencyProxy", "target_of"]
 
 Matcher = Callable[[bytes], bool]
+
+
+def target_of(host: str | None, port: int | None, socket_dir: str | None) -> tuple[str, int] | str:
+    """Where to forward to reach a PostgreSQL server: its TCP port, or its Unix socket."""
+    if socket_dir and socket_dir.startswith("/"):
+        return f"{socket_dir}/.s.PGSQL.{port or 5432}"
+    return (host or "127.0.0.1", port or 5432)
 
 
 @dataclass

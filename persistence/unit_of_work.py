@@ -23,7 +23,7 @@ from persistence.errors import (
     driver_errors,
 )
 from persistence.models import check_flag
-from persistence.operations import Operation, detach
+from persistence.operations import Operation
 from persistence.repository import TaskRepository
 
 __all__ = ["ISOLATION_LEVELS", "UnitOfWork"]
@@ -160,7 +160,9 @@ class UnitOfWork:
             operation.action, lambda: operation.read(session.execute(statement))
         )
         self._wrote = self._wrote or operation.writes
-        detach(session.expunge, value)
+        # Every result is a snapshot: detached, so a later update can't change a Task the
+        # caller holds and setting its attributes can't write behind validation's back.
+        session.expunge_all()
         return value
 
     def _first_or_replayed(self, action: str, send: Callable[[], T]) -> T:

@@ -6,26 +6,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import URL, Engine
+from sqlalchemy import Engine
 
-from benchmarks.proxy import LatencyProxy
+from benchmarks.proxy import LatencyProxy, target_of
 from persistence import UnitOfWork, create_engine
 from persistence.database import normalize_url
 from persistence.testing import TestDatabase
 
 
-def proxy_target(url: URL) -> tuple[str, int] | str:
-    """Where a proxy must forward to reach the server of `url` (a TCP port or Unix socket)."""
-    socket_dir = url.query.get("host")
-    port = url.port or 5432
-    if isinstance(socket_dir, str) and socket_dir.startswith("/"):
-        return f"{socket_dir}/.s.PGSQL.{port}"
-    return (url.host or "127.0.0.1", port)
-
-
 @pytest.fixture
 def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    with LatencyProxy(proxy_target(normalize_url(persistence_database.url))) as running:
+    url = normalize_url(persistence_database.url)
+    socket_dir = url.query.get("host")
+    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
+    with LatencyProxy(target) as running:
         yield running
 
 
