@@ -97,7 +97,12 @@ class PlainSQLModel:
 
     def __init__(self, url: URL) -> None:
         self.engine: Engine = sqlmodel.create_engine(url)
-        self.task_id = self.create()
+        with Session(self.engine) as session:
+            task = Task(user_id=USER, title="bench")
+            session.add(task)
+            session.commit()
+            session.refresh(task)
+            self.task_id = task.id
 
     def _listed(self, session: Session) -> list[Task]:
         statement = (
@@ -112,12 +117,10 @@ class PlainSQLModel:
         with Session(self.engine) as session:
             self._listed(session)
 
-    def create(self) -> int:
+    def create(self) -> None:
         with Session(self.engine) as session:
-            task = Task(user_id=USER, title="bench")
-            session.add(task)
+            session.add(Task(user_id=USER, title="bench"))
             session.commit()
-            return task.id
 
     def toggle(self) -> None:
         with Session(self.engine) as session:
@@ -208,7 +211,8 @@ def _measure(proxy: LatencyProxy, work: Work, reps: int) -> tuple[float, int]:
         work()
         timings.append((time.perf_counter() - started) * 1000)
         trips.append(proxy.round_trips)
-    return statistics.median(timings), max(trips)
+    # The median: psycopg's defaults prepare a statement on its 5th run, one extra trip.
+    return statistics.median(timings), int(statistics.median(trips))
 
 
 def round_trip_table(url: URL, rtts: list[float], reps: int) -> None:
