@@ -29,6 +29,7 @@ from persistence.errors import (
     TaskValidationError,
     TransactionConflictError,
 )
+from persistence.fake import FakeDatabase, FakeUnitOfWork
 from persistence.models import Task
 from persistence.repository import UNSET, TaskRepository
 from persistence.transactions import run_in_transaction
@@ -42,6 +43,8 @@ __all__ = [
     "ConnectionLostError",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "FakeDatabase",
+    "FakeUnitOfWork",
     "IntegrityViolationError",
     "PersistenceError",
     "PoolTimeoutError",

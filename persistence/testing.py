@@ -11,6 +11,9 @@ Fixtures:
   on the test's connection: `task_factory(user_id="alice")`, `task_factory.create_batch(3)`.
 - `persistence_engine`: the database's engine for tests that must see committed state
   from other connections; every task is deleted when the test ends.
+
+`FakeUnitOfWork` (also exported here) is the in-memory twin for unit tests that should
+not touch a database; the package's contract suite runs against it too.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from persistence.database import (
     transaction_options,
 )
 from persistence.embedded import embedded_url
+from persistence.fake import FakeDatabase, FakeUnitOfWork
 from persistence.models import Task
 from persistence.unit_of_work import UnitOfWork
 
-__all__ = ["TestDatabase", "server_url"]
+__all__ = ["FakeDatabase", "FakeUnitOfWork", "TestDatabase", "server_url"]
 
 
 @dataclass(frozen=True)
