@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import logging
 
+from persistence.async_database import create_async_engine, dispose_async_engine, get_async_engine
+from persistence.async_transactions import run_in_transaction_async
+from persistence.async_unit_of_work import AsyncTaskRepository, AsyncUnitOfWork
 from persistence.config import Settings, load_settings
 from persistence.database import create_engine, dispose_engine, get_engine, init_db
 from persistence.errors import (
@@ -37,6 +40,8 @@ from persistence.unit_of_work import UnitOfWork
 
 __all__ = [
     "UNSET",
+    "AsyncTaskRepository",
+    "AsyncUnitOfWork",
     "AuthenticationError",
     "CommitOutcomeUnknownError",
     "ConfigurationError",
@@ -55,12 +60,16 @@ __all__ = [
     "TaskValidationError",
     "TransactionConflictError",
     "UnitOfWork",
+    "create_async_engine",
     "create_engine",
+    "dispose_async_engine",
     "dispose_engine",
+    "get_async_engine",
     "get_engine",
     "init_db",
     "load_settings",
     "run_in_transaction",
+    "run_in_transaction_async",
 ]
 
 __version__ = "0.1.0"

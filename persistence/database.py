@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from typing import Any
@@ -10,6 +11,7 @@ import psycopg
 from sqlalchemy import URL, Engine, event, func, make_url, select
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.util.concurrency import await_
 from sqlmodel import SQLModel
 
 from persistence.config import Settings, load_settings
@@ -115,17 +117,33 @@ def _begin_with_first_write(
     begin = context.execution_options.get(BEGIN_OPTION)
     if begin is None:
         return None  # not in a unit of work: plain autocommit
-    connection = cursor.connection
-    if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    # The async engine hands over SQLAlchemy's adapter around a psycopg `AsyncCursor`.
+    raw = cursor if isinstance(cursor, psycopg.Cursor) else cursor._cursor
+    if raw.connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return None  # already in the transaction
     sql, eager = begin
     if not eager and _is_read(statement):
         return None
-    # Exiting the pipeline syncs: both results are in before SQLAlchemy reads the cursor.
-    with connection.pipeline():
-        connection.execute(sql)
-        cursor.execute(statement, parameters or None)
+    if raw is cursor:
+        # Exiting the pipeline syncs: both results are in before SQLAlchemy reads the cursor.
+        with raw.connection.pipeline():
+            raw.connection.execute(sql)
+            raw.execute(statement, parameters or None)
+    else:
+        await_(_begin_with_async(cursor, sql, statement, parameters or None))
     return True
+
+
+async def _begin_with_async(adapter: Any, begin: str, statement: str, parameters: Any) -> None:
+    # The same as above on a psycopg `AsyncCursor`, from inside SQLAlchemy's greenlet; then
+    # the rows are buffered as SQLAlchemy's adapter buffers them (its results are sync).
+    raw: psycopg.AsyncCursor[Any] = adapter._cursor
+    async with raw.connection.pipeline():
+        await raw.connection.execute(begin)
+        await raw.execute(statement, parameters)
+    result = raw.pgresult
+    if result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK:
+        adapter._rows = collections.deque(await raw.fetchall())
 
 
 def _begin_with_first_write_no_params(cursor: Any, statement: str, context: Any) -> bool | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Self, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -18,7 +19,7 @@ from persistence.errors import (
 )
 from persistence.unit_of_work import UnitOfWork
 
-__all__ = ["RETRYABLE", "backoff_delays", "run_in_transaction"]
+__all__ = ["RETRYABLE", "Attempt", "attempts_of", "backoff_delays", "run_in_transaction"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,52 @@ def check_attempts(attempts: object) -> int:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise TaskValidationError("attempts", f"must be an int >= 1, got {attempts!r}")
     return attempts
+
+
+class Attempt:
+    """One run of the work. As a context manager, it swallows an error that makes running
+    the work again safe, unless this run was the last; the caller then waits `delay`."""
+
+    def __init__(self, number: int, total: int, delay: float) -> None:
+        self.number = number
+        self.total = total
+        self.delay = delay
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if (
+            exc is None
+            or isinstance(exc, CommitOutcomeUnknownError)
+            or not isinstance(exc, RETRYABLE)
+            or self.number == self.total
+        ):
+            return False
+        logger.info(
+            "attempt %d of %d failed (%s); running it again in %.0f ms",
+            self.number,
+            self.total,
+            type(exc).__name__,
+            self.delay * 1000,
+        )
+        return True
+
+
+def attempts_of(attempts: object, backoff: float, max_backoff: float) -> Iterator[Attempt]:
+    """The runs of a unit of work run by `run_in_transaction` (or its async twin).
+
+    Raises `TaskValidationError` unless `attempts` is an int >= 1.
+    """
+    total = check_attempts(attempts)
+    delays = [*backoff_delays(total, backoff, max_backoff), 0.0]
+    for number in range(1, total + 1):
+        yield Attempt(number, total, delays[number - 1])
 
 
 def run_in_transaction(
@@ -60,24 +107,8 @@ def run_in_transaction(
     guessed at or retried) and `AuthenticationError`. The last retryable error propagates
     when the attempts run out.
     """
-    total = check_attempts(attempts)
-    delays = backoff_delays(total, backoff, max_backoff)
-    for attempt in range(1, total + 1):
-        try:
-            with UnitOfWork(bind, isolation_level=isolation_level, read_only=read_only) as uow:
-                return fn(uow)
-        except CommitOutcomeUnknownError:
-            raise
-        except RETRYABLE as exc:
-            if attempt == total:
-                raise
-            delay = delays[attempt - 1]
-            logger.info(
-                "attempt %d of %d failed (%s); running it again in %.0f ms",
-                attempt,
-                total,
-                type(exc).__name__,
-                delay * 1000,
-            )
-            time.sleep(delay)
+    for attempt in attempts_of(attempts, backoff, max_backoff):
+        with attempt, UnitOfWork(bind, isolation_level=isolation_level, read_only=read_only) as uow:
+            return fn(uow)
+        time.sleep(attempt.delay)
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover

@@ -97,9 +97,9 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         try:
             yield
         except BaseException as exc:
-            self._close_savepoint(nested, exc)
+            self._close_savepoint(session, nested, exc)
             raise
-        self._close_savepoint(nested, None)
+        self._close_savepoint(session, nested, None)
 
     def _run(self, operation: Operation[T]) -> T:
         return self._run_on(self._active_session(), operation)

@@ -161,7 +161,9 @@ class UnitOfWorkBase(Generic[S]):
         return self._first_or_replayed(session, "opening a savepoint", session.begin_nested)
 
     @staticmethod
-    def _close_savepoint(nested: SessionTransaction, failure: BaseException | None) -> None:
+    def _close_savepoint(
+        _session: Session, nested: SessionTransaction, failure: BaseException | None
+    ) -> None:
         if not nested.is_active:
             return
         if failure is None:
