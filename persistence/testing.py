@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, delete, text
+from sqlalchemy.exc import DBAPIError
 
 from persistence.config import load_settings
 from persistence.database import (
@@ -62,8 +63,11 @@ def server_url() -> str:
 
 
 def _admin_engine(url: str) -> Engine:
-    # CREATE/DROP DATABASE can't run inside a transaction.
-    return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+    # CREATE/DROP DATABASE can't run inside a transaction. A pre-ping (set-up and tear-down
+    # only) so that dropping the database still works after a test restarted the server.
+    return create_engine(
+        url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0, pool_pre_ping=True
+    )
 
 
 @pytest.fixture(scope="session")
@@ -126,5 +130,12 @@ def task_factory(persistence_connection: Connection) -> Any:
 def persistence_engine(persistence_database: TestDatabase) -> Iterator[Engine]:
     """The test database's engine, for real commits; all tasks are deleted afterwards."""
     yield persistence_database.engine
-    with persistence_database.engine.begin() as connection:
-        connection.execute(delete(Task))
+    for attempt in (1, 2):
+        try:
+            with persistence_database.engine.begin() as connection:
+                connection.execute(delete(Task))
+            return
+        except DBAPIError as exc:
+            # A test that restarted the server leaves dead pooled connections behind.
+            if attempt == 2 or not exc.connection_invalidated:
+                raise

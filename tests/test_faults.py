@@ -1,0 +1,154 @@
+"""Injected faults: a network cut at each point of a unit of work, a server restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from benchmarks.proxy import LatencyProxy, target_of
+from persistence import (
+    CommitOutcomeUnknownError,
+    ConnectionLostError,
+    UnitOfWork,
+    create_engine,
+    load_settings,
+)
+from persistence.database import normalize_url
+from persistence.embedded import restart_embedded
+from persistence.testing import TestDatabase
+
+
+@pytest.fixture
+def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
+    url = normalize_url(persistence_database.url)
+    socket_dir = url.query.get("host")
+    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
+    with LatencyProxy(target) as running:
+        yield running
+
+
+@pytest.fixture
+def cut_engine(persistence_database: TestDatabase, proxy: LatencyProxy) -> Iterator[Engine]:
+    url = normalize_url(persistence_database.url)
+    query = {k: v for k, v in url.query.items() if k != "host"}
+    engine = create_engine(url.set(host="127.0.0.1", port=proxy.port, query=query), pool_size=2)
+    with UnitOfWork(engine) as uow:  # the first connection's set-up, before any cut is armed
+        uow.tasks.count(user_id="warm-up")
+    yield engine
+    engine.dispose()
+
+
+def committed(engine: Engine, user: str) -> list[str]:
+    with UnitOfWork(engine) as uow:
+        return sorted(task.title for task in uow.tasks.list(user_id=user, limit=None))
+
+
+def test_a_cut_before_the_unit_begins_is_invisible(
+    cut_engine: Engine, proxy: LatencyProxy, persistence_engine: Engine, user: str
+):
+    with UnitOfWork(cut_engine) as uow:  # a pooled connection, now idle
+        uow.tasks.count(user_id=user)
+    proxy.cut()
+    with UnitOfWork(cut_engine) as uow:
+        uow.tasks.create(user_id=user, title="after the cut")
+    assert committed(persistence_engine, user) == ["after the cut"]
+
+
+def test_a_cut_midway_raises_and_commits_nothing(
+    cut_engine: Engine, proxy: LatencyProxy, persistence_engine: Engine, user: str
+):
+    with UnitOfWork(cut_engine) as uow:
+        uow.tasks.count(user_id=user)
+    proxy.cut_on(lambda data: b"UPDATE" in data)
+    with pytest.raises(ConnectionLostError) as raised, UnitOfWork(cut_engine) as uow:
+        task = uow.tasks.create(user_id=user, title="first write")
+        uow.tasks.toggle_complete(user_id=user, task_id=task.id)
+    assert not isinstance(raised.value, CommitOutcomeUnknownError)
+    proxy.cut_on(None)
+    assert committed(persistence_engine, user) == []
+    with UnitOfWork(cut_engine) as uow:  # and the next unit of work works
+        uow.tasks.create(user_id=user, title="next")
+    assert committed(persistence_engine, user) == ["next"]
+
+
+@pytest.mark.parametrize("server_saw_commit", [False, True])
+def test_a_cut_while_commit_is_in_flight_says_the_outcome_is_unknown(
+    cut_engine: Engine,
+    proxy: LatencyProxy,
+    persistence_engine: Engine,
+    user: str,
+    server_saw_commit: bool,
+):
+    proxy.cut_on(lambda data: b"COMMIT" in data, after_forwarding=server_saw_commit)
+    with (
+        pytest.raises(CommitOutcomeUnknownError, match="may or may not"),
+        UnitOfWork(cut_engine) as uow,
+    ):
+        uow.tasks.create(user_id=user, title="in flight")
+    proxy.cut_on(None)
+    # Never a success reported for a commit that did not happen; never a silent loss.
+    outcome = committed(persistence_engine, user)
+    if server_saw_commit:
+        assert outcome in (["in flight"], [])
+    else:
+        assert outcome == []
+
+
+def test_a_read_only_unit_cut_at_commit_is_not_ambiguous(
+    cut_engine: Engine, proxy: LatencyProxy, user: str
+):
+    # Reads before any write run outside a transaction: there is no COMMIT to lose.
+    proxy.cut_on(lambda data: b"COMMIT" in data)
+    with UnitOfWork(cut_engine) as uow:
+        assert uow.tasks.list(user_id=user) == []
+
+
+def _restart(persistence_database: TestDatabase) -> None:
+    url = normalize_url(persistence_database.url)
+    socket_dir = url.query.get("host")
+    settings = load_settings()
+    embedded_dir = settings.embedded_dir.expanduser().resolve()
+    if isinstance(socket_dir, str) and Path(socket_dir).resolve() == embedded_dir:
+        restart_embedded(embedded_dir)
+        return
+    direct = os.environ.get("PERSISTENCE_TEST_DIRECT_URL") or persistence_database.url
+    direct_url = normalize_url(direct)
+    cluster = shutil.which("pg_ctlcluster")
+    if direct_url.host in ("127.0.0.1", "localhost") and cluster and os.geteuid() == 0:
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(
+            [cluster, "--skip-systemctl-redirect", version, "main", "restart"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        return
+    pytest.skip("can restart only the embedded server or a local Debian cluster (as root)")
+
+
+def test_a_server_restart_between_units_of_work_goes_unnoticed(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    engine = create_engine(persistence_database.url, pool_size=3, max_overflow=0)
+    try:
+        with UnitOfWork(engine) as uow:
+            uow.tasks.create(user_id=user, title="before")
+            started = (
+                uow._active_session().execute(select(func.pg_postmaster_start_time())).scalar_one()
+            )
+        _restart(persistence_database)
+        with UnitOfWork(engine) as uow:
+            uow.tasks.create(user_id=user, title="after")
+            restarted = (
+                uow._active_session().execute(select(func.pg_postmaster_start_time())).scalar_one()
+            )
+        assert restarted > started, "the server did not restart"
+    finally:
+        engine.dispose()
+    assert committed(persistence_engine, user) == ["after", "before"]
