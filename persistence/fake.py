@@ -112,12 +112,14 @@ class FakeUnitOfWork:
         self.database = database if database is not None else FakeDatabase()
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
         self._transaction: _Transaction | None = None
+        self._thread: int | None = None
         self._tasks = TaskRepository(self._run)
 
     def __enter__(self) -> Self:
         if self._transaction is not None:
             raise PersistenceError("this unit of work is already active; use a new UnitOfWork")
         self._transaction = _Transaction(self.database)
+        self._thread = threading.get_ident()
         return self
 
     def __exit__(
@@ -165,6 +167,11 @@ class FakeUnitOfWork:
             raise PersistenceError(
                 "this unit of work is not active: use uow.tasks, commit(), rollback() and "
                 "savepoint() inside `with UnitOfWork() as uow:`"
+            )
+        if self._thread != threading.get_ident():
+            raise PersistenceError(
+                "a unit of work belongs to the thread that entered it: "
+                "give each thread its own UnitOfWork"
             )
         return self._transaction
 

@@ -98,6 +98,7 @@ def test_after_must_be_a_task(uow: UnitOfWork, user: str, after: object):
     assert raised.value.field == "after"
 
 
+@pytest.mark.database_only
 def test_a_later_page_is_an_index_scan_with_no_sort(persistence_engine: Engine, user: str):
     with UnitOfWork(persistence_engine) as uow:
         for n in range(4):

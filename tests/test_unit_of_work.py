@@ -175,6 +175,7 @@ def test_default_unit_of_work_uses_the_configured_database(persistence_engine: E
     assert committed_titles(persistence_engine, user) == ["via DATABASE_URL"]
 
 
+@pytest.mark.database_only
 @pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
 def test_isolation_level_is_applied_to_the_transaction(
     persistence_engine: Engine, user: str, level: str
