@@ -8,7 +8,9 @@ import threading
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from sqlalchemy import URL
+import psycopg
+from sqlalchemy import URL, event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
@@ -33,7 +35,26 @@ def create_async_engine(
     sa_url, options = engine_arguments(url, settings, **overrides)
     engine = sa_create_async_engine(sa_url, **options)
     instrument(engine.sync_engine)
+    event.listen(engine.sync_engine, "handle_error", _keep_a_connection_after_cancellation)
     return engine
+
+
+def _keep_a_connection_after_cancellation(context: ExceptionContext) -> None:
+    # SQLAlchemy discards a connection whose statement was interrupted by a cancellation,
+    # to be safe. psycopg has already made it safe: it asked the server to cancel the
+    # statement and waited for the outcome (or closed the connection if that failed).
+    # A connection psycopg left usable is kept, so the unit of work rolls it back and
+    # returns it to the pool, instead of every cancellation costing a new connection.
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return
+    connection = context.connection
+    raw = connection.connection.driver_connection if connection is not None else None
+    if (
+        isinstance(raw, psycopg.AsyncConnection)
+        and not raw.closed
+        and raw.info.transaction_status != psycopg.pq.TransactionStatus.ACTIVE
+    ):
+        context.is_disconnect = False
 
 
 class _Default:

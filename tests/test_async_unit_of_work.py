@@ -1,0 +1,217 @@
+"""`AsyncUnitOfWork` on what only real connections show: Neon's faults and retries.
+
+The rest of the contract runs against it in tests/contract, the asyncio guarantees in
+test_async_guarantees.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import Engine, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import persistence
+from benchmarks.proxy import LatencyProxy, target_of
+from persistence import (
+    AsyncUnitOfWork,
+    CommitOutcomeUnknownError,
+    ConnectionLostError,
+    TransactionConflictError,
+    create_async_engine,
+    run_in_transaction_async,
+)
+from persistence.database import normalize_url
+from persistence.testing import TestDatabase
+from tests.conftest import terminate
+
+pytestmark = pytest.mark.asyncio
+
+
+async def backend_pid(uow: AsyncUnitOfWork) -> int:
+    session = uow._active_session()
+    return int((await session.execute(select(func.pg_backend_pid()))).scalar_one())
+
+
+@pytest_asyncio.fixture
+async def small_engine(
+    persistence_database: TestDatabase, persistence_engine: Engine
+) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(persistence_database.url, pool_size=2, max_overflow=0)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
+    url = normalize_url(persistence_database.url)
+    socket_dir = url.query.get("host")
+    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
+    with LatencyProxy(target) as running:
+        yield running
+
+
+async def test_the_async_api_is_exported():
+    assert {"AsyncUnitOfWork", "run_in_transaction_async", "create_async_engine"} <= set(
+        persistence.__all__
+    )
+
+
+async def test_a_pooled_connection_that_died_while_idle_is_replaced_unseen(
+    small_engine: AsyncEngine, killer_engine: Engine, user: str
+):
+    async with AsyncUnitOfWork(small_engine) as uow:
+        pid = await backend_pid(uow)
+    await asyncio.to_thread(terminate, killer_engine, pid)
+    async with AsyncUnitOfWork(small_engine) as uow:
+        await uow.tasks.create(user_id=user, title="after the drop")
+        assert await backend_pid(uow) != pid
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.count(user_id=user) == 1
+
+
+async def test_a_connection_lost_mid_unit_is_not_replayed(
+    small_engine: AsyncEngine, killer_engine: Engine, user: str
+):
+    with pytest.raises(ConnectionLostError):
+        async with AsyncUnitOfWork(small_engine) as uow:
+            await uow.tasks.create(user_id=user, title="done before the drop")
+            await asyncio.to_thread(terminate, killer_engine, await backend_pid(uow))
+            await uow.tasks.create(user_id=user, title="after the drop")
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.count(user_id=user) == 0
+
+
+async def test_a_connection_lost_while_commit_is_in_flight_is_an_unknown_outcome(
+    proxy: LatencyProxy, persistence_database: TestDatabase, user: str
+):
+    url = normalize_url(persistence_database.url)
+    query = {k: v for k, v in url.query.items() if k != "host"}
+    engine = create_async_engine(url.set(host="127.0.0.1", port=proxy.port, query=query))
+    try:
+        async with AsyncUnitOfWork(engine) as uow:  # the connection's set-up, before the cut
+            await uow.tasks.count(user_id="warm-up")
+        proxy.cut_on(lambda chunk: b"COMMIT" in chunk, after_forwarding=True)
+        with pytest.raises(CommitOutcomeUnknownError):
+            async with AsyncUnitOfWork(engine) as uow:
+                await uow.tasks.create(user_id=user, title="maybe")
+        proxy.cut_on(None)
+    finally:
+        await engine.dispose()
+
+
+async def test_run_in_transaction_async_commits_and_returns_the_result(
+    small_engine: AsyncEngine, user: str
+):
+    task = await run_in_transaction_async(
+        lambda uow: uow.tasks.create(user_id=user, title="t"), bind=small_engine
+    )
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.get(user_id=user, task_id=task.id) is not None
+
+
+async def test_run_in_transaction_async_never_reruns_on_the_applications_own_errors(
+    small_engine: AsyncEngine, user: str
+):
+    calls = []
+
+    async def fails(uow: AsyncUnitOfWork) -> None:
+        calls.append(1)
+        await uow.tasks.create(user_id=user, title="t")
+        raise KeyError("application bug")
+
+    with pytest.raises(KeyError):
+        await run_in_transaction_async(fails, attempts=5, bind=small_engine)
+    assert len(calls) == 1
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.count(user_id=user) == 0
+
+
+async def test_run_in_transaction_async_reruns_after_a_connection_lost_before_commit(
+    small_engine: AsyncEngine, killer_engine: Engine, user: str
+):
+    calls = []
+
+    async def work(uow: AsyncUnitOfWork) -> int:
+        calls.append(1)
+        task = await uow.tasks.create(user_id=user, title="t")
+        if len(calls) == 1:
+            await asyncio.to_thread(terminate, killer_engine, await backend_pid(uow))
+        await uow.tasks.toggle_complete(user_id=user, task_id=task.id)
+        return task.id
+
+    await run_in_transaction_async(work, bind=small_engine, backoff=0.001)
+    assert len(calls) == 2
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.count(user_id=user, complete=True) == 1
+        assert await uow.tasks.count(user_id=user) == 1
+
+
+async def test_run_in_transaction_async_reruns_serialization_failures(
+    small_engine: AsyncEngine, user: str
+):
+    async with AsyncUnitOfWork(small_engine) as uow:
+        seed = await uow.tasks.create(user_id=user, title="seed")
+    both_read = asyncio.Barrier(2)
+    calls = []
+
+    async def work(uow: AsyncUnitOfWork) -> None:
+        calls.append(1)
+        await uow.tasks.count(user_id=user)
+        if len(calls) <= 2:  # the rerun goes alone
+            await both_read.wait()
+        await uow.tasks.update(user_id=user, task_id=seed.id, title=f"by call {len(calls)}")
+        await uow.tasks.create(user_id=user, title="one more")
+
+    await asyncio.gather(
+        *(
+            run_in_transaction_async(
+                work, isolation_level="SERIALIZABLE", bind=small_engine, backoff=0.01
+            )
+            for _ in range(2)
+        )
+    )
+    assert len(calls) == 3  # one of the two ran twice
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.count(user_id=user) == 3
+
+
+async def test_run_in_transaction_async_gives_up_after_its_attempts(small_engine: AsyncEngine):
+    calls = []
+
+    async def always_conflicts(uow: AsyncUnitOfWork) -> None:
+        calls.append(1)
+        raise TransactionConflictError("simulated 40001")
+
+    with pytest.raises(TransactionConflictError):
+        await run_in_transaction_async(
+            always_conflicts, attempts=3, bind=small_engine, backoff=0.001
+        )
+    assert len(calls) == 3
+
+
+async def test_run_in_transaction_async_never_reruns_a_cancelled_unit(
+    small_engine: AsyncEngine, user: str
+):
+    calls = []
+
+    async def slow(uow: AsyncUnitOfWork) -> None:
+        calls.append(1)
+        await uow.tasks.create(user_id=user, title="t")
+        await asyncio.sleep(1)
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await run_in_transaction_async(slow, bind=small_engine)
+    assert len(calls) == 1
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.count(user_id=user) == 0
+
+
+async def test_a_read_only_async_unit_of_work_refuses_writes(small_engine: AsyncEngine, user):
+    with pytest.raises(persistence.PersistenceError, match="read-only"):
+        async with AsyncUnitOfWork(small_engine, read_only=True) as uow:
+            await uow.tasks.create(user_id=user, title="t")
