@@ -188,10 +188,17 @@ def test_wrong_credentials_fail_fast_with_a_clear_error(persistence_database: Te
             "needs a server that checks passwords: the TLS run of .ci/run (SCRAM user) has one"
         )
     engine = create_engine(url.set(password="wrong-" + url.password))
+    calls = []
+
+    def count(uow: UnitOfWork) -> int:
+        calls.append(1)
+        return uow.tasks.count(user_id="u")
+
     started = time.perf_counter()
     with pytest.raises(AuthenticationError) as raised:
-        run_in_transaction(lambda uow: uow.tasks.count(user_id="u"), bind=engine, attempts=5)
+        run_in_transaction(count, bind=engine, attempts=5)
     assert time.perf_counter() - started < 5
+    assert len(calls) == 1  # never retried
     assert url.password not in str(raised.value)
     assert "credentials" in str(raised.value)
     engine.dispose()
