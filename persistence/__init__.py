@@ -32,7 +32,7 @@ from persistence.errors import (
     TaskValidationError,
     TransactionConflictError,
 )
-from persistence.fake import FakeDatabase, FakeUnitOfWork
+from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
 from persistence.models import Task
 from persistence.repository import UNSET, TaskRepository
 from persistence.transactions import run_in_transaction
@@ -40,6 +40,7 @@ from persistence.unit_of_work import UnitOfWork
 
 __all__ = [
     "UNSET",
+    "AsyncFakeUnitOfWork",
     "AsyncTaskRepository",
     "AsyncUnitOfWork",
     "AuthenticationError",

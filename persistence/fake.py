@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -21,7 +21,7 @@ from persistence.models import Task, check_flag
 from persistence.operations import Operation
 from persistence.repository import TaskRepository
 
-__all__ = ["FakeDatabase", "FakeUnitOfWork"]
+__all__ = ["AsyncFakeUnitOfWork", "FakeDatabase", "FakeUnitOfWork"]
 
 T = TypeVar("T")
 
@@ -280,3 +280,58 @@ class FakeUnitOfWork:
             raise TaskNotFoundError(user_id=user_id, task_id=task_id)
         del transaction.rows[task_id]
         transaction.changed.add(task_id)
+
+
+class AsyncFakeUnitOfWork:
+    """`AsyncUnitOfWork`'s contract in memory: `FakeUnitOfWork` behind `async` methods.
+
+    Units of work built on one `FakeDatabase` (sync or async) see each other's commits.
+    """
+
+    def __init__(
+        self,
+        database: FakeDatabase | None = None,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+    ) -> None:
+        from persistence.async_unit_of_work import AsyncTaskRepository
+
+        self._fake = FakeUnitOfWork(database, isolation_level=isolation_level, read_only=read_only)
+        self.database = self._fake.database
+        self._tasks = AsyncTaskRepository(self._run)
+
+    async def __aenter__(self) -> Self:
+        self._fake.__enter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._fake.__exit__(exc_type, exc, traceback)
+
+    @property
+    def tasks(self) -> Any:
+        """The async task repository; raises `PersistenceError` outside an active block."""
+        self._fake._active()
+        return self._tasks
+
+    async def commit(self) -> None:
+        """Make the work so far visible to other units of work on the same database."""
+        self._fake.commit()
+
+    async def rollback(self) -> None:
+        """Discard the work since the last commit."""
+        self._fake.rollback()
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """An exception inside undoes only the work inside, then propagates."""
+        with self._fake.savepoint():
+            yield
+
+    async def _run(self, operation: Operation[T]) -> T:
+        return self._fake._run(operation)

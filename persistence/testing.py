@@ -6,28 +6,36 @@ Fixtures:
   named by `TEST_DATABASE_URL` (else `DATABASE_URL`, else the embedded PostgreSQL),
   dropped at the end. While it lives, `DATABASE_URL` points at it, so code under test
   that calls `UnitOfWork()` with no arguments uses it too.
-- `uow`: a `UnitOfWork` whose commits are real inside the test and undone when it ends.
+- `uow`: a `UnitOfWork` whose commits are real inside the test and undone when it ends;
+  `async_uow`: the same for an `AsyncUnitOfWork`, on the test's event loop (pytest-asyncio).
 - `task_factory`: a factory-boy factory that creates valid tasks through `uow.tasks.create`
   on the test's connection: `task_factory(user_id="alice")`, `task_factory.create_batch(3)`.
 - `persistence_engine`: the database's engine for tests that must see committed state
   from other connections; every task is deleted when the test ends.
 
-`FakeUnitOfWork` (also exported here) is the in-memory twin for unit tests that should
-not touch a database; the package's contract suite runs against it too.
+`FakeUnitOfWork` and `AsyncFakeUnitOfWork` (also exported here) are in-memory twins for
+unit tests that should not touch a database; the package's contract suite runs against them.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - the `test` extra brings it; without it, no async_uow
+    pytest_asyncio = None  # type: ignore[assignment]
 from sqlalchemy import Connection, Engine, delete, text
 from sqlalchemy.exc import DBAPIError
 
+from persistence.async_database import create_async_engine
+from persistence.async_unit_of_work import AsyncUnitOfWork
 from persistence.config import load_settings
 from persistence.database import (
     create_engine,
@@ -37,11 +45,17 @@ from persistence.database import (
     transaction_options,
 )
 from persistence.embedded import embedded_url
-from persistence.fake import FakeDatabase, FakeUnitOfWork
+from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
 from persistence.models import Task
 from persistence.unit_of_work import UnitOfWork
 
-__all__ = ["FakeDatabase", "FakeUnitOfWork", "TestDatabase", "server_url"]
+__all__ = [
+    "AsyncFakeUnitOfWork",
+    "FakeDatabase",
+    "FakeUnitOfWork",
+    "TestDatabase",
+    "server_url",
+]
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,26 @@ def persistence_connection(persistence_database: TestDatabase) -> Iterator[Conne
 def uow(persistence_connection: Connection) -> UnitOfWork:
     """A unit of work (enter it with `with uow:`) whose work vanishes after the test."""
     return UnitOfWork(persistence_connection)
+
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture
+    async def async_uow(persistence_database: TestDatabase) -> AsyncIterator[AsyncUnitOfWork]:
+        """An `AsyncUnitOfWork` (enter it with `async with async_uow:`) whose commits are
+        real inside the test and undone when it ends; on the test's own event loop."""
+        engine = create_async_engine(persistence_database.url, pool_size=1, max_overflow=0)
+        try:
+            async with engine.connect() as plain:
+                connection = await plain.execution_options(**transaction_options(eager=True))
+                await connection.begin()
+                try:
+                    yield AsyncUnitOfWork(connection)
+                finally:
+                    if connection.in_transaction():
+                        await connection.rollback()
+        finally:
+            await engine.dispose()
 
 
 @pytest.fixture

@@ -1,0 +1,60 @@
+"""The pytest plugin's fixtures: real commits inside a test, nothing left after it."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlmodel import col
+
+from persistence import AsyncUnitOfWork, Task, UnitOfWork
+from persistence.testing import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork, TestDatabase
+
+
+def _committed_count(engine: Engine, user: str) -> int:
+    with engine.connect() as other:
+        return int(
+            other.execute(
+                select(func.count()).select_from(Task).where(col(Task.user_id) == user)
+            ).scalar_one()
+        )
+
+
+def test_uow_commits_are_seen_inside_the_test_but_never_committed_outside(
+    uow: UnitOfWork, persistence_database: TestDatabase, user: str
+):
+    with uow:
+        uow.tasks.create(user_id=user, title="t")
+    with uow:  # a later unit of work in the same test sees it
+        assert uow.tasks.count(user_id=user) == 1
+    assert _committed_count(persistence_database.engine, user) == 0
+
+
+def test_task_factory_makes_valid_tasks_through_the_public_api(task_factory, uow, user):
+    made = task_factory.create_batch(3, user_id=user, title="  padded  ")
+    assert [t.title for t in made] == ["padded"] * 3  # validation ran: stripped
+    with pytest.raises(ValueError, match="title"):
+        task_factory(user_id=user, title="   ")
+    built = task_factory.build(user_id=user)
+    assert built.id is None
+    with uow:
+        assert uow.tasks.count(user_id=user) == 3
+
+
+@pytest.mark.asyncio
+async def test_async_uow_commits_are_seen_inside_the_test_but_never_committed_outside(
+    async_uow: AsyncUnitOfWork, persistence_database: TestDatabase, user: str
+):
+    async with async_uow:
+        await async_uow.tasks.create(user_id=user, title="t")
+    async with async_uow:
+        assert await async_uow.tasks.count(user_id=user) == 1
+    assert _committed_count(persistence_database.engine, user) == 0
+
+
+@pytest.mark.asyncio
+async def test_the_async_fake_shares_a_database_with_the_sync_fake(user: str):
+    database = FakeDatabase()
+    async with AsyncFakeUnitOfWork(database) as async_fake:
+        await async_fake.tasks.create(user_id=user, title="from async")
+    with FakeUnitOfWork(database) as fake:
+        assert [t.title for t in fake.tasks.list(user_id=user)] == ["from async"]
