@@ -16,15 +16,15 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import persistence.async_database
-from benchmarks.proxy import LatencyProxy, target_of
+from benchmarks.proxy import LatencyProxy
 from persistence import (
     AsyncUnitOfWork,
     create_async_engine,
     dispose_async_engine,
     get_async_engine,
 )
-from persistence.database import normalize_url
 from persistence.testing import TestDatabase
+from tests.proxying import async_engine_through, proxy_for
 
 
 class Boom(Exception):
@@ -63,17 +63,8 @@ async def small_async_engine(
 
 @pytest.fixture
 def slow_proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    url = normalize_url(persistence_database.url)
-    socket_dir = url.query.get("host")
-    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
-    with LatencyProxy(target, rtt_ms=30) as running:
+    with proxy_for(persistence_database, rtt_ms=30) as running:
         yield running
-
-
-def through(proxy: LatencyProxy, database: TestDatabase, **overrides: object) -> AsyncEngine:
-    url = normalize_url(database.url)
-    query = {k: v for k, v in url.query.items() if k != "host"}
-    return create_async_engine(url.set(host="127.0.0.1", port=proxy.port, query=query), **overrides)
 
 
 # Cancellation
@@ -126,7 +117,7 @@ async def test_a_cancellation_during_commit_waits_for_it_and_returns_the_connect
     persistence_engine: Engine,
     user: str,
 ):
-    engine = through(slow_proxy, persistence_database, pool_size=1, max_overflow=0)
+    engine = async_engine_through(slow_proxy, persistence_database, pool_size=1, max_overflow=0)
     try:
         async with AsyncUnitOfWork(engine) as uow:  # connect outside the measured part
             await uow.tasks.count(user_id=user)
@@ -173,7 +164,7 @@ async def test_two_hundred_tasks_share_a_pool_of_ten_each_isolated_and_never_blo
 ):
     # Through a proxy that adds 30 ms to every round trip, any database call made
     # synchronously on the loop would hold it for 30 ms or more: debug mode reports it.
-    engine = through(slow_proxy, persistence_database, pool_size=10, max_overflow=0)
+    engine = async_engine_through(slow_proxy, persistence_database, pool_size=10, max_overflow=0)
     busiest = 0
 
     async def work(n: int) -> None:

@@ -9,20 +9,17 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from benchmarks.proxy import LatencyProxy, target_of
-from persistence import AsyncUnitOfWork, create_async_engine
-from persistence.database import normalize_url
+from benchmarks.proxy import LatencyProxy
+from persistence import AsyncUnitOfWork
 from persistence.testing import TestDatabase
+from tests.proxying import async_engine_through, proxy_for
 
 pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
 def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    url = normalize_url(persistence_database.url)
-    socket_dir = url.query.get("host")
-    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
-    with LatencyProxy(target) as running:
+    with proxy_for(persistence_database) as running:
         yield running
 
 
@@ -30,9 +27,7 @@ def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
 async def proxied(
     persistence_database: TestDatabase, proxy: LatencyProxy
 ) -> AsyncIterator[AsyncEngine]:
-    url = normalize_url(persistence_database.url)
-    query = {k: v for k, v in url.query.items() if k != "host"}
-    engine = create_async_engine(url.set(host="127.0.0.1", port=proxy.port, query=query))
+    engine = async_engine_through(proxy, persistence_database)
     async with AsyncUnitOfWork(engine) as uow:  # warm up: connect once, outside the counts
         await uow.tasks.count(user_id="warm-up")
     yield engine

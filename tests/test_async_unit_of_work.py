@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import persistence
-from benchmarks.proxy import LatencyProxy, target_of
+from benchmarks.proxy import LatencyProxy
 from persistence import (
     AsyncUnitOfWork,
     CommitOutcomeUnknownError,
@@ -27,6 +27,7 @@ from persistence import (
 from persistence.database import normalize_url
 from persistence.testing import TestDatabase
 from tests.conftest import terminate
+from tests.proxying import async_engine_through, proxy_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,10 +48,7 @@ async def small_engine(
 
 @pytest.fixture
 def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    url = normalize_url(persistence_database.url)
-    socket_dir = url.query.get("host")
-    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
-    with LatencyProxy(target) as running:
+    with proxy_for(persistence_database) as running:
         yield running
 
 
@@ -88,12 +86,9 @@ async def test_a_connection_lost_mid_unit_is_not_replayed(
 async def test_a_connection_lost_while_commit_is_in_flight_is_an_unknown_outcome(
     proxy: LatencyProxy, persistence_database: TestDatabase, user: str
 ):
-    url = normalize_url(persistence_database.url)
-    if url.query.get("sslmode") in ("require", "verify-ca", "verify-full"):
+    if normalize_url(persistence_database.url).query.get("sslmode") in ("require", "verify-full"):
         pytest.skip("the proxy must read COMMIT in the traffic: not through TLS")
-    # sslmode=disable: over TCP libpq would otherwise use TLS when the server offers it.
-    query = {**{k: v for k, v in url.query.items() if k != "host"}, "sslmode": "disable"}
-    engine = create_async_engine(url.set(host="127.0.0.1", port=proxy.port, query=query))
+    engine = async_engine_through(proxy, persistence_database, plaintext=True)
     try:
         async with AsyncUnitOfWork(engine) as uow:  # the connection's set-up, before the cut
             await uow.tasks.count(user_id="warm-up")
