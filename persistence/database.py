@@ -141,7 +141,7 @@ def _begin_with_first_write(
             else:
                 raw.execute(statement, parameters)
     else:
-        await_(_begin_with_async(cursor, sql, statement, parameters))
+        await_(_begin_with_async(cursor, sql, statement, parameters, many=many))
     return True
 
 
@@ -157,13 +157,24 @@ def _left_usable(connection: psycopg.Connection[Any]) -> Iterator[None]:
         raise
 
 
-async def _begin_with_async(adapter: Any, begin: str, statement: str, parameters: Any) -> None:
+async def _begin_with_async(
+    adapter: Any, begin: str, statement: str, parameters: Any, *, many: bool
+) -> None:
     # The same as above on a psycopg `AsyncCursor`, from inside SQLAlchemy's greenlet; then
     # the rows are buffered as SQLAlchemy's adapter buffers them (its results are sync).
     raw: psycopg.AsyncCursor[Any] = adapter._cursor
-    async with raw.connection.pipeline():
-        await raw.connection.execute(begin)
-        await raw.execute(statement, parameters)
+    connection = raw.connection
+    try:
+        async with connection.pipeline():
+            await connection.execute(begin)
+            if many:
+                await raw.executemany(statement, parameters)
+            else:
+                await raw.execute(statement, parameters)
+    except psycopg.Error:
+        if connection.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            await connection.close()  # as `_left_usable` does: never pooled half-left
+        raise
     result = raw.pgresult
     if result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK:
         adapter._rows = collections.deque(await raw.fetchall())

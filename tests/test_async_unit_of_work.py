@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import persistence
@@ -20,6 +20,7 @@ from persistence import (
     AsyncUnitOfWork,
     CommitOutcomeUnknownError,
     ConnectionLostError,
+    Task,
     TransactionConflictError,
     create_async_engine,
     run_in_transaction_async,
@@ -30,6 +31,10 @@ from tests.conftest import terminate
 from tests.proxying import async_engine_through, proxy_for
 
 pytestmark = pytest.mark.asyncio
+
+
+class Boom(Exception):
+    """The application's own failure."""
 
 
 async def backend_pid(uow: AsyncUnitOfWork) -> int:
@@ -214,3 +219,18 @@ async def test_a_read_only_async_unit_of_work_refuses_writes(small_engine: Async
     with pytest.raises(persistence.PersistenceError, match="read-only"):
         async with AsyncUnitOfWork(small_engine, read_only=True) as uow:
             await uow.tasks.create(user_id=user, title="t")
+
+
+async def test_an_async_first_write_sent_with_many_parameter_sets_begins_the_transaction(
+    small_engine: AsyncEngine, user: str
+):
+    async with AsyncUnitOfWork(small_engine) as uow:
+        tasks = await uow.tasks.create_many(user_id=user, items=[{"title": "a"}, {"title": "b"}])
+    with pytest.raises(Boom):
+        async with AsyncUnitOfWork(small_engine) as uow:
+            # An UPDATE by primary key with a list of rows goes out as executemany.
+            rows = [{"id": t.id, "title": "changed"} for t in tasks]
+            await uow._active_session().execute(update(Task), rows)
+            raise Boom
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert {t.title for t in await uow.tasks.list(user_id=user)} == {"a", "b"}
