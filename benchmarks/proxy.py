@@ -16,6 +16,9 @@ __all__ = ["LatencyProxy", "target_of"]
 
 Matcher = Callable[[bytes], bool]
 
+_SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
+_READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
+
 
 def target_of(host: str | None, port: int | None, socket_dir: str | None) -> tuple[str, int] | str:
     """Where to forward to reach a PostgreSQL server: its TCP port, or its Unix socket."""
@@ -31,6 +34,8 @@ class _Link:
     client: socket.socket
     server: socket.socket
     last_from_client: bool = False
+    ssl_requested: bool = False
+    encrypted: bool = False
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -66,6 +71,7 @@ class LatencyProxy:
         self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._cut: tuple[Matcher, bool] | None = None
+        self._flights_only = False
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -108,9 +114,24 @@ class LatencyProxy:
         """Cut a connection when the client sends a chunk for which `matcher` is true.
 
         `after_forwarding=False` drops that chunk (the server never sees it); `True`
-        forwards it first and cuts before any reply gets back. `None` disarms.
+        forwards it first and cuts before any reply gets back. `None` disarms. The chunk
+        must be readable: over TLS, use `cut_at_flight`.
         """
         self._cut = None if matcher is None else (matcher, after_forwarding)
+        self._flights_only = False
+
+    def cut_at_flight(self, flight: int, *, after_forwarding: bool = False) -> None:
+        """Cut at the `flight`-th client-to-server flight from now (1 = the next one), on
+        whatever connection it comes: works over TLS, where chunks can't be read."""
+        seen = 0
+
+        def nth(_data: bytes) -> bool:
+            nonlocal seen
+            seen += 1
+            return seen == flight
+
+        self._cut = (nth, after_forwarding)
+        self._flights_only = True
 
     def _spawn(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -153,7 +174,7 @@ class LatencyProxy:
     def _pump(self, link: _Link, *, from_client: bool) -> None:
         # One thread reads, another delivers each chunk when its delay is over, so a chunk
         # read 1 ms after another is delivered 1 ms after it.
-        queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        queue: collections.deque[tuple[float, bytes, bool]] = collections.deque()
         ready = threading.Condition()
         source = link.client if from_client else link.server
         sink = link.server if from_client else link.client
@@ -164,13 +185,16 @@ class LatencyProxy:
                     data = source.recv(65536)
                 except OSError:
                     data = b""
+                cut_after = False
                 if data and from_client:
-                    if not self._on_client_chunk(link, data):
+                    cut = self._on_client_chunk(link, data)
+                    if cut == "before":
                         return
+                    cut_after = cut == "after"
                 elif data:
-                    link.last_from_client = False
+                    self._on_server_chunk(link, data)
                 with ready:
-                    queue.append((time.monotonic() + self.rtt_ms / 2000, data))
+                    queue.append((time.monotonic() + self.rtt_ms / 2000, data, cut_after))
                     ready.notify()
                 if not data:
                     return
@@ -182,7 +206,7 @@ class LatencyProxy:
                         if link.closed:
                             return
                         ready.wait(0.05)
-                    due, data = queue.popleft()
+                    due, data, cut_after = queue.popleft()
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -194,21 +218,36 @@ class LatencyProxy:
                 except OSError:
                     link.close()
                     return
-                if from_client and self._cut is not None and self._cut[1] and self._cut[0](data):
+                if cut_after:
                     link.close()
                     return
 
         self._spawn(read)
         self._spawn(deliver)
 
-    def _on_client_chunk(self, link: _Link, data: bytes) -> bool:
-        """Count a new flight; return False if the connection is cut before forwarding."""
-        if not link.last_from_client:
+    def _on_server_chunk(self, link: _Link, data: bytes) -> None:
+        if link.ssl_requested and not link.encrypted and data[:1] == b"S":
+            link.encrypted = True
+        # The client waits for ReadyForQuery; what the server sends before it (the reply
+        # to a BEGIN early in a pipeline, say) does not end the client's flight. Over TLS
+        # the messages can't be read, so any reply counts.
+        if link.encrypted or _READY_FOR_QUERY in data:
+            link.last_from_client = False
+
+    def _on_client_chunk(self, link: _Link, data: bytes) -> str | None:
+        """Count a new flight; say whether to cut "before" or "after" forwarding `data`."""
+        if data.startswith(_SSL_REQUEST):
+            link.ssl_requested = True
+        new_flight = not link.last_from_client
+        if new_flight:
             with self._lock:
                 self.round_trips += 1
         link.last_from_client = True
         cut = self._cut
-        if cut is not None and not cut[1] and cut[0](data):
-            link.close()
-            return False
-        return True
+        if cut is None or (self._flights_only and not new_flight) or not cut[0](data):
+            return None
+        self._cut = None  # one cut per arming
+        if cut[1]:
+            return "after"
+        link.close()
+        return "before"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from benchmarks.proxy import LatencyProxy, target_of
+from benchmarks.proxy import LatencyProxy
 from persistence import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
@@ -22,22 +22,18 @@ from persistence import (
 from persistence.database import normalize_url
 from persistence.embedded import restart_embedded
 from persistence.testing import TestDatabase
+from tests.proxying import engine_through, proxy_for
 
 
 @pytest.fixture
 def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    url = normalize_url(persistence_database.url)
-    socket_dir = url.query.get("host")
-    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
-    with LatencyProxy(target) as running:
+    with proxy_for(persistence_database) as running:
         yield running
 
 
 @pytest.fixture
 def cut_engine(persistence_database: TestDatabase, proxy: LatencyProxy) -> Iterator[Engine]:
-    url = normalize_url(persistence_database.url)
-    query = {k: v for k, v in url.query.items() if k != "host"}
-    engine = create_engine(url.set(host="127.0.0.1", port=proxy.port, query=query), pool_size=2)
+    engine = engine_through(proxy, persistence_database, pool_size=2)
     with UnitOfWork(engine) as uow:  # the first connection's set-up, before any cut is armed
         uow.tasks.count(user_id="warm-up")
     yield engine
@@ -65,7 +61,7 @@ def test_a_cut_midway_raises_and_commits_nothing(
 ):
     with UnitOfWork(cut_engine) as uow:
         uow.tasks.count(user_id=user)
-    proxy.cut_on(lambda data: b"UPDATE" in data)
+    proxy.cut_at_flight(2)  # BEGIN + INSERT is the first, the UPDATE the second
     with pytest.raises(ConnectionLostError) as raised, UnitOfWork(cut_engine) as uow:
         task = uow.tasks.create(user_id=user, title="first write")
         uow.tasks.toggle_complete(user_id=user, task_id=task.id)
@@ -85,7 +81,7 @@ def test_a_cut_while_commit_is_in_flight_says_the_outcome_is_unknown(
     user: str,
     server_saw_commit: bool,
 ):
-    proxy.cut_on(lambda data: b"COMMIT" in data, after_forwarding=server_saw_commit)
+    proxy.cut_at_flight(2, after_forwarding=server_saw_commit)  # after BEGIN + INSERT
     with (
         pytest.raises(CommitOutcomeUnknownError, match="may or may not"),
         UnitOfWork(cut_engine) as uow,
@@ -104,9 +100,10 @@ def test_a_read_only_unit_cut_at_commit_is_not_ambiguous(
     cut_engine: Engine, proxy: LatencyProxy, user: str
 ):
     # Reads before any write run outside a transaction: there is no COMMIT to lose.
-    proxy.cut_on(lambda data: b"COMMIT" in data)
+    proxy.cut_at_flight(2)  # the SELECT is the first: a COMMIT would be the second
     with UnitOfWork(cut_engine) as uow:
         assert uow.tasks.list(user_id=user) == []
+    assert proxy.round_trips >= 1
 
 
 def _restart(persistence_database: TestDatabase) -> None:

@@ -8,26 +8,21 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from benchmarks.proxy import LatencyProxy, target_of
-from persistence import UnitOfWork, create_engine
-from persistence.database import normalize_url
+from benchmarks.proxy import LatencyProxy
+from persistence import UnitOfWork
 from persistence.testing import TestDatabase
+from tests.proxying import engine_through, proxy_for
 
 
 @pytest.fixture
 def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    url = normalize_url(persistence_database.url)
-    socket_dir = url.query.get("host")
-    target = target_of(url.host, url.port, socket_dir if isinstance(socket_dir, str) else None)
-    with LatencyProxy(target) as running:
+    with proxy_for(persistence_database) as running:
         yield running
 
 
 @pytest.fixture
 def proxied(persistence_database: TestDatabase, proxy: LatencyProxy) -> Iterator[Engine]:
-    url = normalize_url(persistence_database.url)
-    query = {k: v for k, v in url.query.items() if k != "host"}
-    engine = create_engine(url.set(host="127.0.0.1", port=proxy.port, query=query))
+    engine = engine_through(proxy, persistence_database)
     with UnitOfWork(engine) as uow:  # warm up: connect once, outside the counts
         uow.tasks.count(user_id="warm-up")
     yield engine
