@@ -10,10 +10,11 @@ this package, plain SQLModel (the usual tutorial code) and raw psycopg in a pipe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,7 +24,14 @@ from sqlalchemy import URL, Engine, text
 from sqlmodel import Session, col, select
 
 from benchmarks.proxy import LatencyProxy, target_of
-from persistence import Task, UnitOfWork, create_engine, init_db
+from persistence import (
+    AsyncUnitOfWork,
+    Task,
+    UnitOfWork,
+    create_async_engine,
+    create_engine,
+    init_db,
+)
 from persistence.database import normalize_url
 from persistence.models import TaskCreate
 from persistence.testing import server_url
@@ -88,6 +96,48 @@ class Ours:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class OursAsync:
+    """This package's `AsyncUnitOfWork`, each unit of work awaited on a private loop."""
+
+    name = "persistence async"
+
+    def __init__(self, url: URL) -> None:
+        self.runner = asyncio.Runner()
+        self.engine = create_async_engine(url)
+        self.task_id = self.create()
+
+    def _run(self, work: Callable[[AsyncUnitOfWork], Awaitable[Any]]) -> Any:
+        async def unit() -> Any:
+            async with AsyncUnitOfWork(self.engine) as uow:
+                return await work(uow)
+
+        return self.runner.run(unit())
+
+    def list(self) -> None:
+        self._run(lambda uow: uow.tasks.list(user_id=USER, limit=50))
+
+    def create(self) -> int:
+        async def create(uow: AsyncUnitOfWork) -> int:
+            return (await uow.tasks.create(user_id=USER, title="bench")).id
+
+        return int(self._run(create))
+
+    def toggle(self) -> None:
+        self._run(lambda uow: uow.tasks.toggle_complete(user_id=USER, task_id=self.task_id))
+
+    def mixed(self) -> None:
+        async def mixed(uow: AsyncUnitOfWork) -> None:
+            task = await uow.tasks.create(user_id=USER, title="bench")
+            await uow.tasks.toggle_complete(user_id=USER, task_id=task.id)
+            await uow.tasks.list(user_id=USER, limit=50)
+
+        self._run(mixed)
+
+    def close(self) -> None:
+        self.runner.run(self.engine.dispose())
+        self.runner.close()
 
 
 class PlainSQLModel:
@@ -192,7 +242,8 @@ class RawPsycopg:
         self.connection.close()
 
 
-IMPLEMENTATIONS = (Ours, PlainSQLModel, RawPsycopg)
+IMPLEMENTATIONS = (Ours, OursAsync, PlainSQLModel, RawPsycopg)
+RAW = len(IMPLEMENTATIONS) - 1
 OPERATIONS = ("list", "create", "toggle", "mixed")
 LABELS = {
     "list": "only reads (one list)",
@@ -233,7 +284,7 @@ def round_trip_table(url: URL, rtts: list[float], reps: int) -> None:
                         results.append(ms)
                         cells.append(f"{ms:.1f} ms, {trips} RT")
                     effective = f"{results[0] / rtt:.2f}" if rtt else "-"
-                    ratio = f"{results[0] / results[2]:.2f}x"
+                    ratio = f"{results[0] / results[RAW]:.2f}x"
                     print(
                         f"| {LABELS[operation]} | {rtt:g} | "
                         + " | ".join(cells)
@@ -243,6 +294,41 @@ def round_trip_table(url: URL, rtts: list[float], reps: int) -> None:
         finally:
             for impl in impls:
                 impl.close()
+
+
+def concurrency(url: URL, rtts: list[float], tasks: int = 200, pool: int = 10) -> None:
+    print(f"\n## {tasks} concurrent tasks on one event loop, a pool of {pool}\n")
+    print("Each task runs one unit of work: create + toggle_complete + list.\n")
+    print("| RTT ms | wall s | units of work/s | round trips |")
+    print("|---|---|---|---|")
+    target = target_of(url.host, url.port, _socket_dir(url))
+    with LatencyProxy(target) as proxy:
+        through = _through(url, proxy)
+
+        async def run() -> float:
+            engine = create_async_engine(through, pool_size=pool, max_overflow=0)
+
+            async def one(n: int) -> None:
+                async with AsyncUnitOfWork(engine) as uow:
+                    task = await uow.tasks.create(user_id=f"{USER}-{n % 20}", title="c")
+                    await uow.tasks.toggle_complete(user_id=f"{USER}-{n % 20}", task_id=task.id)
+                    await uow.tasks.list(user_id=f"{USER}-{n % 20}", limit=50)
+
+            await asyncio.gather(*(one(n) for n in range(pool)))  # open the pool
+            proxy.reset_counts()
+            started = time.perf_counter()
+            await asyncio.gather(*(one(n) for n in range(tasks)))
+            elapsed = time.perf_counter() - started
+            await engine.dispose()
+            return elapsed
+
+        for rtt in rtts:
+            proxy.rtt_ms = rtt
+            elapsed = asyncio.run(run())
+            print(
+                f"| {rtt:g} | {elapsed:.2f} | {tasks / elapsed:,.0f} | "
+                f"{proxy.round_trips} ({proxy.round_trips / tasks:.1f} a unit) |"
+            )
 
 
 def _socket_dir(url: URL) -> str | None:
@@ -394,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     url = _bench_url()
     init_db(create_engine(url))
     print(f"# persistence benchmarks on {url.render_as_string(hide_password=True)}")
-    round_trip_table(url, [float(r) for r in args.rtts.split(",")], args.reps)
+    rtts = [float(r) for r in args.rtts.split(",")]
+    round_trip_table(url, rtts, args.reps)
+    concurrency(url, rtts)
     bulk(url, args.bulk_rows, max(args.reps, 5))
     if args.page_rows:
         pages(url, args.page_rows, max(args.reps, 5))
