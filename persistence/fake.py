@@ -15,17 +15,14 @@ from persistence.errors import (
     DatabaseError,
     PersistenceError,
     TaskNotFoundError,
-    TaskValidationError,
 )
-from persistence.models import Task, check_flag
+from persistence.models import Task, check_flag, check_isolation_level
 from persistence.operations import Operation
 from persistence.repository import TaskRepository
 
 __all__ = ["AsyncFakeUnitOfWork", "FakeDatabase", "FakeUnitOfWork"]
 
 T = TypeVar("T")
-
-_ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
 
 
 @dataclass
@@ -109,11 +106,7 @@ class FakeUnitOfWork:
         isolation_level: str | None = None,
         read_only: bool = False,
     ) -> None:
-        if isolation_level is not None and isolation_level not in _ISOLATION_LEVELS:
-            raise TaskValidationError(
-                "isolation_level",
-                f"must be one of {sorted(_ISOLATION_LEVELS)} or None, got {isolation_level!r}",
-            )
+        check_isolation_level(isolation_level)
         self.database = database if database is not None else FakeDatabase()
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
         self._transaction: _Transaction | None = None

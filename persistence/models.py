@@ -32,6 +32,7 @@ from persistence.errors import TaskValidationError
 
 __all__ = [
     "DESCRIPTION_MAX",
+    "ISOLATION_LEVELS",
     "TASK_ID_MAX",
     "TITLE_MAX",
     "USER_ID_MAX",
@@ -40,6 +41,7 @@ __all__ = [
     "TaskCreate",
     "check_after",
     "check_flag",
+    "check_isolation_level",
     "check_items",
     "check_limit",
     "check_task_id",
@@ -295,6 +297,19 @@ def check_items(items: object) -> list[TaskItem]:
         return _ITEMS.validate_python(list(items))
     except ValidationError as exc:
         raise _first_error(exc, prefix="items") from None
+
+
+ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+
+
+def check_isolation_level(isolation_level: object) -> str | None:
+    """Return `isolation_level` if PostgreSQL knows it (or `None`: the server's default)."""
+    if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+        raise TaskValidationError(
+            "isolation_level",
+            f"must be one of {sorted(ISOLATION_LEVELS)} or None, got {isolation_level!r}",
+        )
+    return isolation_level
 
 
 def check_limit(limit: object) -> int | None:

@@ -22,10 +22,9 @@ from persistence.errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
     PersistenceError,
-    TaskValidationError,
     driver_errors,
 )
-from persistence.models import check_flag
+from persistence.models import ISOLATION_LEVELS, check_flag, check_isolation_level
 from persistence.operations import Operation
 
 __all__ = ["ISOLATION_LEVELS", "UnitOfWorkBase"]
@@ -34,8 +33,6 @@ logger = logging.getLogger("persistence.unit_of_work")
 
 T = TypeVar("T")
 S = TypeVar("S")  # the session type: `Session`, or `AsyncSession` for the async unit of work
-
-ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
 
 
 class UnitOfWorkBase(Generic[S]):
@@ -47,13 +44,8 @@ class UnitOfWorkBase(Generic[S]):
     """The error raised when it is used outside the thread (or loop) that entered it."""
 
     def __init__(self, bind: Any, *, isolation_level: str | None, read_only: bool) -> None:
-        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
-            raise TaskValidationError(
-                "isolation_level",
-                f"must be one of {sorted(ISOLATION_LEVELS)} or None, got {isolation_level!r}",
-            )
         self._bind = bind
-        self._isolation_level = isolation_level
+        self._isolation_level = check_isolation_level(isolation_level)
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
         self._session: S | None = None
         self._owner: object = None

@@ -1,8 +1,5 @@
-"""The contract suite against `AsyncFakeUnitOfWork`, through the async suite's sync facade.
-
-As in `tests/contract_fake`, every unit of work is the fake on one in-memory database per
-test; as in `tests/contract`, each coroutine runs on a private event loop.
-"""
+"""The contract suite against `AsyncFakeUnitOfWork`, through the async suite's sync facade
+(see `tests/fake_contract.py` and `tests/contract/conftest.py`)."""
 
 from __future__ import annotations
 
@@ -11,22 +8,21 @@ from typing import Any
 
 import pytest
 
-import persistence.factories
 from persistence.testing import AsyncFakeUnitOfWork, FakeDatabase
 from tests.contract.conftest import Loops, SyncFacade
+from tests.fake_contract import (
+    fake_database,
+    leave_out_database_only,
+    make_every_unit_of_work,
+    persistence_engine,
+    task_factory,
+)
+
+__all__ = ["fake_database", "persistence_engine", "task_factory"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = [i for i in items if "contract_async_fake" in str(i.path)]
-    left_out = [i for i in here if i.get_closest_marker("database_only")]
-    if left_out:
-        config.hook.pytest_deselected(items=left_out)
-        items[:] = [i for i in items if i not in left_out]
-
-
-@pytest.fixture
-def fake_database() -> FakeDatabase:
-    return FakeDatabase()
+    leave_out_database_only(config, items, "contract_async_fake")
 
 
 @pytest.fixture
@@ -49,21 +45,8 @@ def facade(loops: Loops, fake_database: FakeDatabase) -> type[SyncFacade]:
 
 
 @pytest.fixture
-def persistence_engine() -> None:
-    """No database: the fake ignores the engine it is given."""
-    return None
-
-
-@pytest.fixture
 def uow(facade: type[SyncFacade]) -> SyncFacade:
     return facade()
-
-
-@pytest.fixture
-def task_factory() -> Any:
-    from persistence.factories import TaskFactory
-
-    return TaskFactory.bound_to(None)
 
 
 @pytest.fixture(autouse=True)
@@ -73,11 +56,4 @@ def _every_unit_of_work_is_the_async_fake(
     facade: type[SyncFacade],
     fake_database: FakeDatabase,
 ) -> None:
-    def committed_titles(_engine: object, user: str) -> list[str]:
-        return [task.title for task in fake_database.tasks() if task.user_id == user]
-
-    names = request.function.__globals__
-    monkeypatch.setitem(names, "UnitOfWork", facade)
-    if "committed_titles" in names:
-        monkeypatch.setitem(names, "committed_titles", committed_titles)
-    monkeypatch.setattr(persistence.factories, "UnitOfWork", facade)
+    make_every_unit_of_work(request, monkeypatch, facade, fake_database)

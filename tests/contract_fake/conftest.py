@@ -1,10 +1,4 @@
-"""The contract suite against `FakeUnitOfWork`: the same tests, the fake in every place.
-
-Every `UnitOfWork` the contract tests use (the name in their module, the task factory's,
-the `uow` fixture) becomes a `FakeUnitOfWork` on one in-memory database per test, and
-"what another connection sees as committed" is read from that database. Tests marked
-`database_only` inspect PostgreSQL itself (sessions, query plans) and are left out.
-"""
+"""The contract suite against `FakeUnitOfWork` (see `tests/fake_contract.py`)."""
 
 from __future__ import annotations
 
@@ -12,21 +6,20 @@ from typing import Any
 
 import pytest
 
-import persistence.factories
 from persistence.testing import FakeDatabase, FakeUnitOfWork
+from tests.fake_contract import (
+    fake_database,
+    leave_out_database_only,
+    make_every_unit_of_work,
+    persistence_engine,
+    task_factory,
+)
+
+__all__ = ["fake_database", "persistence_engine", "task_factory"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = [i for i in items if "contract_fake" in str(i.path)]
-    left_out = [i for i in here if i.get_closest_marker("database_only")]
-    if left_out:
-        config.hook.pytest_deselected(items=left_out)
-        items[:] = [i for i in items if i not in left_out]
-
-
-@pytest.fixture
-def fake_database() -> FakeDatabase:
-    return FakeDatabase()
+    leave_out_database_only(config, items, "contract_fake")
 
 
 @pytest.fixture
@@ -41,21 +34,8 @@ def fake(fake_database: FakeDatabase) -> type[FakeUnitOfWork]:
 
 
 @pytest.fixture
-def persistence_engine() -> None:
-    """No database: the fake ignores the engine it is given."""
-    return None
-
-
-@pytest.fixture
 def uow(fake: type[FakeUnitOfWork]) -> FakeUnitOfWork:
     return fake()
-
-
-@pytest.fixture
-def task_factory() -> Any:
-    from persistence.factories import TaskFactory
-
-    return TaskFactory.bound_to(None)
 
 
 @pytest.fixture(autouse=True)
@@ -65,11 +45,4 @@ def _every_unit_of_work_is_fake(
     fake: type[FakeUnitOfWork],
     fake_database: FakeDatabase,
 ) -> None:
-    def committed_titles(_engine: object, user: str) -> list[str]:
-        return [task.title for task in fake_database.tasks() if task.user_id == user]
-
-    names = request.function.__globals__
-    monkeypatch.setitem(names, "UnitOfWork", fake)
-    if "committed_titles" in names:
-        monkeypatch.setitem(names, "committed_titles", committed_titles)
-    monkeypatch.setattr(persistence.factories, "UnitOfWork", fake)
+    make_every_unit_of_work(request, monkeypatch, fake, fake_database)
