@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from persistence.async_unit_of_work import AsyncTaskRepository
 from persistence.errors import (
     DatabaseError,
     PersistenceError,
@@ -94,7 +95,9 @@ class _Transaction:
 class FakeUnitOfWork:
     """`UnitOfWork`'s contract in memory: the same `tasks` repository (validation included),
     commit on a clean exit, rollback on an exception, `commit()`, `rollback()`,
-    `savepoint()`, user scoping, ordering, `TaskNotFoundError`.
+    `savepoint()`, user scoping, ordering, `TaskNotFoundError`. `isolation_level` is
+    checked but has no effect: a fake transaction sees only its own changes and the
+    commits made before it began.
 
     Units of work built on one `FakeDatabase` see each other's commits.
     """
@@ -288,8 +291,6 @@ class AsyncFakeUnitOfWork:
         isolation_level: str | None = None,
         read_only: bool = False,
     ) -> None:
-        from persistence.async_unit_of_work import AsyncTaskRepository
-
         self._fake = FakeUnitOfWork(database, isolation_level=isolation_level, read_only=read_only)
         self.database = self._fake.database
         self._tasks = AsyncTaskRepository(self._run)
@@ -307,7 +308,7 @@ class AsyncFakeUnitOfWork:
         self._fake.__exit__(exc_type, exc, traceback)
 
     @property
-    def tasks(self) -> Any:
+    def tasks(self) -> AsyncTaskRepository:
         """The async task repository; raises `PersistenceError` outside an active block."""
         self._fake._active()
         return self._tasks

@@ -19,6 +19,7 @@ unit tests that should not touch a database; the package's contract suite runs a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -137,8 +138,13 @@ if pytest_asyncio is not None:
     @pytest_asyncio.fixture
     async def async_uow(persistence_database: TestDatabase) -> AsyncIterator[AsyncUnitOfWork]:
         """An `AsyncUnitOfWork` (enter it with `async with async_uow:`) whose commits are
-        real inside the test and undone when it ends; on the test's own event loop."""
-        engine = create_async_engine(persistence_database.url, pool_size=1, max_overflow=0)
+        real inside the test and undone when it ends; on the test's own event loop. Seed it
+        with `await async_uow.tasks.create_many(...)` (`task_factory` writes through the
+        sync connection, which this one can't see)."""
+        # Building an engine reads the settings (and `.env`): off the loop, never blocking it.
+        engine = await asyncio.to_thread(
+            create_async_engine, persistence_database.url, pool_size=1, max_overflow=0
+        )
         try:
             async with engine.connect() as plain:
                 connection = await plain.execution_options(**transaction_options(eager=True))
