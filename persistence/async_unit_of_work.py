@@ -17,7 +17,7 @@ from persistence.async_database import get_async_engine
 from persistence.errors import PersistenceError
 from persistence.models import Task
 from persistence.operations import UNSET, Operation, _Unset
-from persistence.unit_of_work_base import UnitOfWorkBase
+from persistence.unit_of_work_base import UnitOfWorkBase, default_binds
 
 __all__ = ["AsyncTaskRepository", "AsyncUnitOfWork"]
 
@@ -60,6 +60,8 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
     ) -> None:
         super().__init__(bind, isolation_level=isolation_level, read_only=read_only)
         self._busy = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._tasks = AsyncTaskRepository(self._run)
 
     @staticmethod
@@ -70,7 +72,9 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
             return None
 
     async def __aenter__(self) -> Self:
-        bind = self._bind if self._bind is not None else await get_async_engine()
+        bind = self._bind if self._bind is not None else default_binds["async"]
+        if bind is None:
+            bind = await get_async_engine()
         joined = isinstance(bind, AsyncConnection)
         self._start(self._new_session(AsyncSession, bind, joined=joined))
         return self
@@ -83,6 +87,9 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
     ) -> None:
         session = self._active_session()
         try:
+            # An operation still running (one of two started at once, say) finishes
+            # first: the end of the block must not race it for the connection.
+            await _uninterrupted(self._idle.wait())
             await _uninterrupted(self._step(session, self._end_on, exc_type is not None))
         finally:
             self._stop()
@@ -135,10 +142,12 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
                 "the next, and give each concurrent task its own AsyncUnitOfWork"
             )
         self._busy = True
+        self._idle.clear()
         try:
             return await session.run_sync(step, *args, **kwargs)
         finally:
             self._busy = False
+            self._idle.set()
 
 
 async def _uninterrupted(work: Awaitable[T]) -> T:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from persistence.database import get_engine
 from persistence.operations import Operation
 from persistence.repository import TaskRepository
-from persistence.unit_of_work_base import ISOLATION_LEVELS, UnitOfWorkBase
+from persistence.unit_of_work_base import ISOLATION_LEVELS, UnitOfWorkBase, default_binds
 
 __all__ = ["ISOLATION_LEVELS", "UnitOfWork"]
 
@@ -55,7 +55,7 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         return threading.get_ident()
 
     def __enter__(self) -> Self:
-        bind = self._bind if self._bind is not None else get_engine()
+        bind = self._bind if self._bind is not None else default_binds["sync"] or get_engine()
         self._start(self._new_session(Session, bind, joined=isinstance(bind, Connection)))
         return self
 

@@ -27,7 +27,12 @@ from persistence.errors import (
 from persistence.models import ISOLATION_LEVELS, check_flag, check_isolation_level
 from persistence.operations import Operation
 
-__all__ = ["ISOLATION_LEVELS", "UnitOfWorkBase"]
+__all__ = ["ISOLATION_LEVELS", "UnitOfWorkBase", "default_binds"]
+
+default_binds: dict[str, Any] = {"sync": None, "async": None}
+"""What `UnitOfWork()` / `AsyncUnitOfWork()` with no `bind` use instead of the default
+engine. Set only by the test kit (`persistence.testing`), so that code under test that
+builds its own unit of work joins the test's connection and its rolled-back transaction."""
 
 logger = logging.getLogger("persistence.unit_of_work")
 
@@ -150,7 +155,14 @@ class UnitOfWorkBase(Generic[S]):
             session.rollback()
 
     def _open_savepoint(self, session: Session) -> SessionTransaction:
-        return self._first_or_replayed(session, "opening a savepoint", session.begin_nested)
+        def send() -> SessionTransaction:
+            nested = session.begin_nested()
+            # Asking for the connection makes SQLAlchemy send SAVEPOINT now rather than with
+            # the next statement: a dead pooled connection shows here, where it is replayed.
+            session.connection()
+            return nested
+
+        return self._first_or_replayed(session, "opening a savepoint", send)
 
     @staticmethod
     def _close_savepoint(

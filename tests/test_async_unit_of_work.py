@@ -75,6 +75,34 @@ async def test_a_pooled_connection_that_died_while_idle_is_replaced_unseen(
         assert await uow.tasks.count(user_id=user) == 1
 
 
+async def test_a_unit_that_opens_with_a_savepoint_rides_over_a_dead_connection(
+    small_engine: AsyncEngine, killer_engine: Engine, user: str
+):
+    async with AsyncUnitOfWork(small_engine) as uow:
+        pid = await backend_pid(uow)
+    await asyncio.to_thread(terminate, killer_engine, pid)
+    async with AsyncUnitOfWork(small_engine) as uow, uow.savepoint():
+        await uow.tasks.create(user_id=user, title="inside the first savepoint")
+    async with AsyncUnitOfWork(small_engine) as uow:
+        assert await uow.tasks.count(user_id=user) == 1
+
+
+async def test_an_operation_still_running_at_the_end_of_the_block_is_waited_for(
+    persistence_database: TestDatabase, user: str
+):
+    engine = create_async_engine(persistence_database.url, pool_size=1, max_overflow=0)
+    try:
+        with pytest.raises(persistence.PersistenceError, match="already running an operation"):
+            async with AsyncUnitOfWork(engine) as uow:
+                await uow.tasks.create(user_id=user, title="rolled back")
+                await asyncio.gather(uow.tasks.count(user_id=user), uow.tasks.count(user_id=user))
+        assert engine.sync_engine.pool.checkedout() == 0
+        async with AsyncUnitOfWork(engine) as uow:  # the pool's one connection is back
+            assert await uow.tasks.count(user_id=user) == 0
+    finally:
+        await engine.dispose()
+
+
 async def test_a_connection_lost_mid_unit_is_not_replayed(
     small_engine: AsyncEngine, killer_engine: Engine, user: str
 ):

@@ -283,3 +283,15 @@ def test_a_tls_url_as_neon_gives_it_connects_over_tls(
         raw = uow._active_session().connection().connection.driver_connection
         assert raw.pgconn.ssl_in_use
     assert "tls:        yes" in _doctor(persistence_database.url).stdout
+
+
+def test_a_unit_that_opens_with_a_savepoint_rides_over_a_dead_connection(
+    small_engine: Engine, killer_engine: Engine, user: str
+):
+    with UnitOfWork(small_engine) as uow:
+        pid = _backend_pid(uow)
+    terminate(killer_engine, pid)
+    with UnitOfWork(small_engine) as uow, uow.savepoint():
+        uow.tasks.create(user_id=user, title="inside the first savepoint")
+    with UnitOfWork(small_engine) as uow:
+        assert uow.tasks.count(user_id=user) == 1
