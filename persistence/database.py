@@ -19,7 +19,13 @@ from sqlmodel import SQLModel
 
 from persistence.config import Settings, load_settings
 from persistence.embedded import embedded_url
-from persistence.errors import ConfigurationError, driver_errors, register_secret, translate
+from persistence.errors import (
+    ConfigurationError,
+    ConnectionLostError,
+    driver_errors,
+    register_secret,
+    translate,
+)
 from persistence.models import Task
 
 __all__ = [
@@ -276,8 +282,16 @@ def init_db(engine: Engine | None = None) -> None:
     if the database can't be reached or refuses.
     """
     engine = (engine or get_engine()).execution_options(**transaction_options(eager=True))
-    with driver_errors("creating the tables"), engine.begin() as connection:
-        # Two processes creating the table at once would collide in the catalog.
-        connection.execute(select(func.pg_advisory_xact_lock(0x7461736B73)))
-        metadata = SQLModel.metadata
-        metadata.create_all(connection, tables=[metadata.tables[Task.__tablename__]])
+    metadata = SQLModel.metadata
+    for attempt in (1, 2):
+        try:
+            with driver_errors("creating the tables"), engine.begin() as connection:
+                # Two processes creating the table at once would collide in the catalog.
+                connection.execute(select(func.pg_advisory_xact_lock(0x7461736B73)))
+                metadata.create_all(connection, tables=[metadata.tables[Task.__tablename__]])
+            return
+        except ConnectionLostError:
+            # A pooled connection that died while idle fails at once; nothing was done,
+            # so once more on a fresh one (the pool has dropped the dead ones by now).
+            if attempt == 2:
+                raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from sqlalchemy import exc as sa_exc
@@ -46,6 +47,10 @@ class TaskNotFoundError(PersistenceError, LookupError):
         self.user_id = user_id
         self.task_id = task_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments: rebuild from them (pickle, copy, multiprocessing).
+        return (_rebuild_not_found, (self.user_id, self.task_id))
+
 
 class TaskValidationError(PersistenceError, ValueError):
     """An argument was rejected before anything was sent to the database; `field` names it."""
@@ -53,6 +58,14 @@ class TaskValidationError(PersistenceError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.message))
+
+
+def _rebuild_not_found(user_id: str, task_id: object) -> TaskNotFoundError:
+    return TaskNotFoundError(user_id=user_id, task_id=task_id)
 
 
 class DatabaseError(PersistenceError):
@@ -104,9 +117,18 @@ def register_secret(secret: str | None) -> None:
 
 
 def scrub(text: str) -> str:
-    """Return `text` with every registered secret replaced by `***`."""
+    """Return `text` with every registered secret replaced by `***`.
+
+    A short password (under 8 characters) is replaced only where a password stands in a
+    URL or connection string, so that "a" does not eat every "a" of a message.
+    """
     for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
+        if len(secret) >= 8:
+            text = text.replace(secret, "***")
+        else:
+            text = text.replace(f":{secret}@", ":***@").replace(
+                f"password={secret}", "password=***"
+            )
     return text
 
 

@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: SQLModel and pydantic read these annotations
 # at class creation, and plain ones keep that simple.
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -290,26 +291,32 @@ def check_items(items: object) -> list[TaskItem]:
     if not isinstance(items, (list, tuple)):
         raise TaskValidationError("items", f"must be a list of dicts, got {type(items).__name__}")
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
+        if not isinstance(item, Mapping):
             kind = type(item).__name__
             raise TaskValidationError(f"items[{index}]", f"must be a dict, got {kind}")
     try:
-        return _ITEMS.validate_python(list(items))
+        return _ITEMS.validate_python([dict(item) for item in items])
     except ValidationError as exc:
         raise _first_error(exc, prefix="items") from None
 
 
-ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+ISOLATION_LEVELS = frozenset(
+    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
+)
 
 
 def check_isolation_level(isolation_level: object) -> str | None:
-    """Return `isolation_level` if PostgreSQL knows it (or `None`: the server's default)."""
-    if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+    """Return `isolation_level` as PostgreSQL spells it ("serializable" and "REPEATABLE_READ"
+    are accepted too), or `None` for the server's default; else raise."""
+    if isolation_level is None:
+        return None
+    level = str(isolation_level).strip().upper().replace("_", " ")
+    if not isinstance(isolation_level, str) or level not in ISOLATION_LEVELS:
         raise TaskValidationError(
             "isolation_level",
             f"must be one of {sorted(ISOLATION_LEVELS)} or None, got {isolation_level!r}",
         )
-    return isolation_level
+    return level
 
 
 def check_limit(limit: object) -> int | None:

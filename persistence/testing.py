@@ -46,17 +46,33 @@ from persistence.database import (
     transaction_options,
 )
 from persistence.embedded import embedded_url
+from persistence.errors import PersistenceError
 from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
 from persistence.models import Task
 from persistence.unit_of_work import UnitOfWork
+from persistence.unit_of_work_base import default_binds
 
 __all__ = [
     "AsyncFakeUnitOfWork",
+    "FakeAsyncUnitOfWork",
     "FakeDatabase",
     "FakeUnitOfWork",
+    "TaskFactory",  # noqa: F822 - provided lazily by __getattr__ (needs factory-boy)
     "TestDatabase",
     "server_url",
 ]
+
+FakeAsyncUnitOfWork = AsyncFakeUnitOfWork
+"""Another name for `AsyncFakeUnitOfWork`."""
+
+
+def __getattr__(name: str) -> Any:
+    # `TaskFactory` needs factory-boy (the `test` extra): imported only when asked for.
+    if name == "TaskFactory":
+        from persistence.factories import TaskFactory
+
+        return TaskFactory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -115,14 +131,20 @@ def persistence_database() -> Iterator[TestDatabase]:
 
 @pytest.fixture
 def persistence_connection(persistence_database: TestDatabase) -> Iterator[Connection]:
-    """A connection inside a transaction that is rolled back when the test ends."""
+    """A connection inside a transaction that is rolled back when the test ends.
+
+    While it lives, `UnitOfWork()` with no `bind` (in the code under test, say) joins it
+    too, so it sees what `task_factory` made and its work is undone with the test's.
+    """
     with persistence_database.engine.connect() as plain:
         # Begun with the first statement, like a unit of work's, and never committed.
         connection = plain.execution_options(**transaction_options(eager=True))
         outer = connection.begin()
+        default_binds["sync"] = connection
         try:
             yield connection
         finally:
+            default_binds["sync"] = None
             if outer.is_active:
                 outer.rollback()
 
@@ -149,9 +171,11 @@ if pytest_asyncio is not None:
             async with engine.connect() as plain:
                 connection = await plain.execution_options(**transaction_options(eager=True))
                 await connection.begin()
+                default_binds["async"] = connection  # `AsyncUnitOfWork()` joins it too
                 try:
                     yield AsyncUnitOfWork(connection)
                 finally:
+                    default_binds["async"] = None
                     if connection.in_transaction():
                         await connection.rollback()
         finally:
@@ -159,8 +183,17 @@ if pytest_asyncio is not None:
 
 
 @pytest.fixture
-def task_factory(persistence_connection: Connection) -> Any:
-    """`TaskFactory` bound to the test's connection: tasks made through validation."""
+def task_factory(request: pytest.FixtureRequest, persistence_connection: Connection) -> Any:
+    """`TaskFactory` bound to the test's connection: tasks made through validation.
+
+    Raises `PersistenceError` in a test that uses `async_uow`, whose connection could not
+    see the tasks: seed those with `await async_uow.tasks.create_many(...)`.
+    """
+    if "async_uow" in request.fixturenames:
+        raise PersistenceError(
+            "task_factory writes through the sync test connection, which async_uow can't "
+            "see: seed an async test with `await async_uow.tasks.create_many(...)`"
+        )
     from persistence.factories import TaskFactory  # factory-boy is a test-only dependency
 
     return TaskFactory.bound_to(persistence_connection)

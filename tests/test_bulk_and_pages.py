@@ -113,3 +113,11 @@ def test_a_later_page_is_an_index_scan_with_no_sort(persistence_engine: Engine, 
         plan = "\n".join(row[0] for row in connection.execute(text(f"EXPLAIN {compiled}")))
     assert "Index Scan Backward using ix_tasks_user_id_created_at_id" in plan
     assert "Sort" not in plan
+
+
+def test_create_many_takes_any_mapping_as_an_item(uow: UnitOfWork, user: str):
+    from types import MappingProxyType
+
+    with uow:
+        made = uow.tasks.create_many(user_id=user, items=[MappingProxyType({"title": "ro"})])
+    assert [t.title for t in made] == ["ro"]

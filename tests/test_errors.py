@@ -100,3 +100,28 @@ def test_an_exhausted_pool_ends_in_a_clear_error(persistence_database: TestDatab
                 waiter.tasks.count(user_id=user)
     finally:
         tiny.dispose()
+
+
+def test_the_packages_errors_survive_pickling_and_copying():
+    import copy
+    import pickle
+
+    for error in (
+        TaskNotFoundError(user_id="alice", task_id=7),
+        TaskValidationError("title", "must not be blank"),
+    ):
+        for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+            assert type(clone) is type(error)
+            assert str(clone) == str(error)
+            assert vars(clone) == vars(error)
+
+
+def test_a_short_password_is_scrubbed_only_where_a_password_stands():
+    from persistence.errors import register_secret, scrub
+
+    register_secret("a")
+    assert scrub("connecting to the database at postgresql://app:a@host/db") == (
+        "connecting to the database at postgresql://app:***@host/db"
+    )
+    register_secret("long-enough-secret")
+    assert scrub("it said long-enough-secret somewhere") == "it said *** somewhere"

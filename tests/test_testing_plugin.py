@@ -58,3 +58,36 @@ async def test_the_async_fake_shares_a_database_with_the_sync_fake(user: str):
         await async_fake.tasks.create(user_id=user, title="from async")
     with FakeUnitOfWork(database) as fake:
         assert [t.title for t in fake.tasks.list(user_id=user)] == ["from async"]
+
+
+def test_code_under_test_that_builds_its_own_unit_of_work_joins_the_tests_transaction(
+    task_factory, persistence_database: TestDatabase, user: str
+):
+    task_factory.create_batch(2, user_id=user)
+
+    def service() -> int:  # application code: it makes its own unit of work
+        with UnitOfWork() as own:
+            own.tasks.create(user_id=user, title="by the service")
+            return own.tasks.count(user_id=user)
+
+    assert service() == 3
+    assert _committed_count(persistence_database.engine, user) == 0
+
+
+@pytest.mark.asyncio
+async def test_async_code_under_test_joins_the_async_tests_transaction(
+    async_uow: AsyncUnitOfWork, persistence_database: TestDatabase, user: str
+):
+    async with async_uow:
+        await async_uow.tasks.create_many(user_id=user, items=[{"title": "seeded"}])
+    async with AsyncUnitOfWork() as own:
+        assert await own.tasks.count(user_id=user) == 1
+    assert _committed_count(persistence_database.engine, user) == 0
+
+
+def test_the_kit_exports_the_names_users_reach_for():
+    import persistence.testing as kit
+    from persistence.factories import TaskFactory
+
+    assert kit.TaskFactory is TaskFactory
+    assert kit.FakeAsyncUnitOfWork is AsyncFakeUnitOfWork

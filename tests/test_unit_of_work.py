@@ -176,7 +176,9 @@ def test_default_unit_of_work_uses_the_configured_database(persistence_engine: E
 
 
 @pytest.mark.database_only
-@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize(
+    "level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE", "serializable"]
+)
 def test_isolation_level_is_applied_to_the_transaction(
     persistence_engine: Engine, user: str, level: str
 ):
@@ -200,3 +202,12 @@ def test_read_only_unit_of_work_refuses_writes(persistence_engine: Engine, user:
 def test_an_unknown_isolation_level_is_rejected_up_front():
     with pytest.raises(TaskValidationError, match="isolation_level"):
         UnitOfWork(isolation_level="CHAOS")
+
+
+@pytest.mark.parametrize("given", ["serializable", "repeatable_read", "Read Committed"])
+def test_isolation_levels_are_accepted_as_postgresql_spells_them_in_any_case(
+    persistence_engine: Engine, user: str, given: str
+):
+    with UnitOfWork(persistence_engine, isolation_level=given) as uow:
+        uow.tasks.create(user_id=user, title="t")
+    assert committed_titles(persistence_engine, user) == ["t"]
