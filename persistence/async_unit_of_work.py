@@ -110,12 +110,18 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
         await _uninterrupted(self._step(session, self._commit_on))
 
     async def rollback(self) -> None:
-        """Discard the work since the last commit; the block goes on in a new transaction."""
+        """Discard the work since the last commit; the block goes on in a new transaction.
+
+        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        """
         await self._step(self._active_session(), self._rollback_on)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
-        """A SAVEPOINT: an exception inside undoes only the work inside, then propagates."""
+        """A SAVEPOINT: an exception inside undoes only the work inside, then propagates.
+
+        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        """
         session = self._active_session()
         nested = await self._step(session, self._open_savepoint)
         try:
@@ -168,7 +174,8 @@ async def _uninterrupted(work: Awaitable[T]) -> T:
 
 
 class AsyncTaskRepository:
-    """`TaskRepository`'s operations, awaited: the same validation, scoping and errors.
+    """`TaskRepository`'s operations, awaited: the same validation, scoping and errors (each
+    method raises exactly what its `TaskRepository` twin documents).
 
     Obtain it as `uow.tasks` inside `async with AsyncUnitOfWork() as uow:`; see
     `TaskRepository` for what each method does and raises.

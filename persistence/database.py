@@ -267,7 +267,10 @@ def get_engine() -> Engine:
 
 
 def dispose_engine() -> None:
-    """Close the default engine's pooled connections and forget it (the next use rebuilds it)."""
+    """Close the default engine's pooled connections and forget it (the next use rebuilds it).
+
+    Never raises for connections that are already broken: they are simply dropped.
+    """
     global _default_engine
     with _default_lock:
         engine, _default_engine = _default_engine, None

@@ -141,19 +141,25 @@ class FakeUnitOfWork:
         return self._tasks
 
     def commit(self) -> None:
-        """Make the work so far visible to other units of work on the same database."""
+        """Make the work so far visible to other units of work on the same database.
+
+        Raises `PersistenceError` outside an active block.
+        """
         transaction = self._active()
         transaction.commit()
         self._transaction = _Transaction(self.database)
 
     def rollback(self) -> None:
-        """Discard the work since the last commit."""
+        """Discard the work since the last commit; `PersistenceError` outside a block."""
         self._active()
         self._transaction = _Transaction(self.database)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """An exception inside undoes only the work inside, then propagates."""
+        """An exception inside undoes only the work inside, then propagates.
+
+        Raises `PersistenceError` outside an active block.
+        """
         transaction = self._active()
         rows, changed = copy.deepcopy(transaction.rows), set(transaction.changed)
         try:
@@ -314,16 +320,22 @@ class AsyncFakeUnitOfWork:
         return self._tasks
 
     async def commit(self) -> None:
-        """Make the work so far visible to other units of work on the same database."""
+        """Make the work so far visible to other units of work on the same database.
+
+        Raises `PersistenceError` outside an active block.
+        """
         self._fake.commit()
 
     async def rollback(self) -> None:
-        """Discard the work since the last commit."""
+        """Discard the work since the last commit; `PersistenceError` outside a block."""
         self._fake.rollback()
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
-        """An exception inside undoes only the work inside, then propagates."""
+        """An exception inside undoes only the work inside, then propagates.
+
+        Raises `PersistenceError` outside an active block.
+        """
         with self._fake.savepoint():
             yield
 

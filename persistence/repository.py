@@ -36,7 +36,10 @@ class TaskRepository:
         self._run = run
 
     def create(self, *, user_id: str, title: str, description: str | None = None) -> Task:
-        """Add a task for `user_id` (title stripped of surrounding whitespace) and return it."""
+        """Add a task for `user_id` (title stripped of surrounding whitespace) and return it.
+
+        Raises `TaskValidationError` naming the bad field, before any SQL.
+        """
         return self._run(
             operations.create_task(user_id=user_id, title=title, description=description)
         )
@@ -53,7 +56,8 @@ class TaskRepository:
         return self._run(operations.create_tasks(user_id=user_id, items=items))
 
     def get(self, *, user_id: str, task_id: int) -> Task | None:
-        """Return the task, or `None` if `user_id` has no task with that id."""
+        """Return the task, or `None` if `user_id` has no task with that id (or the id can't
+        exist). Raises `TaskValidationError` if `task_id` is not an int."""
         return self._run(operations.get_task(user_id=user_id, task_id=task_id))
 
     def list(
@@ -68,14 +72,18 @@ class TaskRepository:
 
         `complete=True` or `False` keeps only tasks in that state; `limit=None` means no cap.
         `after=<the last Task of the previous page>` returns the next page (keyset
-        pagination: page 200 costs what page 1 does).
+        pagination: page 200 costs what page 1 does). Raises `TaskValidationError` for a bad
+        argument.
         """
         return self._run(
             operations.list_tasks(user_id=user_id, complete=complete, limit=limit, after=after)
         )
 
     def count(self, *, user_id: str, complete: bool | None = None) -> int:
-        """Return how many tasks `user_id` has (only those in state `complete`, if given)."""
+        """Return how many tasks `user_id` has (only those in state `complete`, if given).
+
+        Raises `TaskValidationError` for a bad argument.
+        """
         return self._run(operations.count_tasks(user_id=user_id, complete=complete))
 
     def update(

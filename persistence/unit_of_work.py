@@ -86,12 +86,18 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         self._commit_on(self._active_session())
 
     def rollback(self) -> None:
-        """Discard the work since the last commit; the block goes on in a new transaction."""
+        """Discard the work since the last commit; the block goes on in a new transaction.
+
+        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        """
         self._rollback_on(self._active_session())
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """A SAVEPOINT: an exception inside undoes only the work inside, then propagates."""
+        """A SAVEPOINT: an exception inside undoes only the work inside, then propagates.
+
+        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        """
         session = self._active_session()
         nested = self._open_savepoint(session)
         try:
