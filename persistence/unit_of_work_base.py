@@ -21,6 +21,7 @@ from persistence.database import transaction_options
 from persistence.errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
+    DatabaseError,
     PersistenceError,
     driver_errors,
 )
@@ -136,7 +137,17 @@ class UnitOfWorkBase(Generic[S]):
         return value
 
     def _commit_on(self, session: Session) -> None:
-        wrote, self._began, self._wrote = self._wrote, False, False
+        began, wrote, self._began, self._wrote = self._began, self._wrote, False, False
+        if began and _aborted(session):
+            # The server answers COMMIT on an aborted transaction with a ROLLBACK that
+            # psycopg does not report: say so instead of letting it pass for a commit.
+            self._rollback_quietly(session)
+            error = DatabaseError(
+                "committing: an earlier statement failed and the server aborted the "
+                "transaction (SQLSTATE 25P02): nothing since the last commit was committed"
+            )
+            error.sqlstate = "25P02"
+            raise error
         try:
             with driver_errors("committing"):
                 session.commit()
@@ -211,3 +222,10 @@ class UnitOfWorkBase(Generic[S]):
             session.close()
         except (sa_exc.SQLAlchemyError, psycopg.Error):
             logger.warning("closing the session failed; the connection is discarded", exc_info=True)
+
+
+def _aborted(session: Session) -> bool:
+    """Whether the session's transaction was aborted on the server by a failed statement."""
+    raw = session.connection().connection.driver_connection
+    status = getattr(getattr(raw, "info", None), "transaction_status", None)
+    return bool(status == psycopg.pq.TransactionStatus.INERROR)

@@ -6,6 +6,7 @@ a separate connection.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -211,3 +212,26 @@ def test_isolation_levels_are_accepted_as_postgresql_spells_them_in_any_case(
     with UnitOfWork(persistence_engine, isolation_level=given) as uow:
         uow.tasks.create(user_id=user, title="t")
     assert committed_titles(persistence_engine, user) == ["t"]
+
+
+@pytest.mark.database_only
+def test_a_clean_exit_after_a_swallowed_server_error_does_not_pass_for_a_commit(
+    persistence_engine: Engine, user: str
+):
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    with (
+        pytest.raises(DatabaseError, match="nothing since the last commit") as raised,
+        UnitOfWork(persistence_engine) as uow,
+    ):
+        uow.tasks.create(user_id=user, title="lost with the transaction")
+        # Around validation, straight to the table: the server refuses it, and the
+        # application swallows the error and goes on.
+        with contextlib.suppress(IntegrityError):
+            uow._active_session().execute(insert(Task).values(user_id=user, title=" "))
+    assert raised.value.sqlstate == "25P02"
+    assert committed_titles(persistence_engine, user) == []
+    with UnitOfWork(persistence_engine) as uow:  # and the connection is usable again
+        uow.tasks.create(user_id=user, title="next")
+    assert committed_titles(persistence_engine, user) == ["next"]
