@@ -171,6 +171,10 @@ def is_disconnect(exc: BaseException) -> bool:
     """Whether `exc` says the connection is gone (as opposed to a statement that failed)."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
+    # SQLAlchemy's "Can't reconnect until invalid transaction is rolled back": the
+    # connection was lost earlier in this transaction (its documented error code).
+    if isinstance(exc, sa_exc.PendingRollbackError) and exc.code == "8s2b":
+        return True
     state = _sqlstate(exc)
     if state is not None:
         return state.startswith("08") or state in _CONNECTION_GONE

@@ -138,7 +138,9 @@ class UnitOfWorkBase(Generic[S]):
 
     def _commit_on(self, session: Session) -> None:
         began, wrote, self._began, self._wrote = self._began, self._wrote, False, False
-        if began and _aborted(session):
+        with driver_errors("committing"):
+            aborted = began and _aborted(session)
+        if aborted:
             # The server answers COMMIT on an aborted transaction with a ROLLBACK that
             # psycopg does not report: say so instead of letting it pass for a commit.
             self._rollback_quietly(session)

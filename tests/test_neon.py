@@ -295,3 +295,15 @@ def test_a_unit_that_opens_with_a_savepoint_rides_over_a_dead_connection(
         uow.tasks.create(user_id=user, title="inside the first savepoint")
     with UnitOfWork(small_engine) as uow:
         assert uow.tasks.count(user_id=user) == 1
+
+
+def test_a_clean_exit_after_a_swallowed_connection_loss_says_the_connection_was_lost(
+    small_engine: Engine, killer_engine: Engine, user: str
+):
+    with pytest.raises(ConnectionLostError, match="lost"), UnitOfWork(small_engine) as uow:
+        uow.tasks.create(user_id=user, title="lost")
+        terminate(killer_engine, _backend_pid(uow))
+        with contextlib.suppress(ConnectionLostError):  # the application swallows it
+            uow.tasks.create(user_id=user, title="never sent")
+    with UnitOfWork(small_engine) as uow:
+        assert uow.tasks.count(user_id=user) == 0
