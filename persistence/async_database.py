@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
 from persistence.config import Settings, load_settings
-from persistence.database import engine_arguments, instrument
-from persistence.embedded import embedded_url
+from persistence.database import configured_url, engine_arguments, instrument
 
 __all__ = ["create_async_engine", "dispose_async_engine", "get_async_engine"]
 
@@ -75,8 +74,7 @@ _defaults_lock = threading.Lock()
 def _build_default() -> AsyncEngine:
     # Off the loop: settings read `.env` from disk, and the embedded server may start.
     settings = load_settings()
-    url = settings.database_url or embedded_url(settings.embedded_dir)
-    return create_async_engine(url, settings)
+    return create_async_engine(configured_url(settings), settings)
 
 
 async def get_async_engine() -> AsyncEngine:

@@ -30,6 +30,7 @@ from persistence.models import Task
 
 __all__ = [
     "BEGIN_OPTION",
+    "configured_url",
     "create_engine",
     "dispose_engine",
     "engine_arguments",
@@ -251,6 +252,14 @@ def create_engine(url: str | URL, settings: Settings | None = None, **overrides:
     return instrument(sa_create_engine(sa_url, **options))
 
 
+def configured_url(settings: Settings) -> str:
+    """`DATABASE_URL`, or the embedded PostgreSQL's URL (started now) when it is unset.
+
+    Raises `ConfigurationError` when the `embedded` extra is missing.
+    """
+    return settings.database_url or embedded_url(settings.embedded_dir)
+
+
 def get_engine() -> Engine:
     """The process-wide default engine, built on first use from `DATABASE_URL`.
 
@@ -261,8 +270,7 @@ def get_engine() -> Engine:
     with _default_lock:
         if _default_engine is None:
             settings = load_settings()
-            url = settings.database_url or embedded_url(settings.embedded_dir)
-            _default_engine = create_engine(url, settings)
+            _default_engine = create_engine(configured_url(settings), settings)
         return _default_engine
 
 

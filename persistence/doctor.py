@@ -13,8 +13,7 @@ from sqlalchemy import Engine, inspect, literal, select
 from sqlalchemy.engine import URL
 
 from persistence.config import load_settings
-from persistence.database import create_engine, normalize_url
-from persistence.embedded import embedded_url
+from persistence.database import configured_url, create_engine, normalize_url
 from persistence.errors import PersistenceError, driver_errors, scrub
 from persistence.models import Task
 
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     del argv
     try:
         settings = load_settings()
-        url = normalize_url(settings.database_url or embedded_url(settings.embedded_dir))
+        url = normalize_url(configured_url(settings))
         engine = create_engine(url, settings, pool_size=1, max_overflow=0)
         try:
             report = diagnose(engine)

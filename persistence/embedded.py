@@ -10,7 +10,7 @@ from typing import Any
 
 from persistence.errors import ConfigurationError, DatabaseUnavailableError
 
-__all__ = ["embedded_url", "restart_embedded", "stop_embedded"]
+__all__ = ["embedded_url", "restart_embedded"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,6 @@ def embedded_url(data_dir: Path, database: str = "postgres") -> str:
     """
     uri: str = _server(data_dir).get_uri(database)
     return uri
-
-
-def stop_embedded(data_dir: Path) -> None:
-    """Stop the embedded server for `data_dir` if this process started it (the data stays)."""
-    data_dir = data_dir.expanduser().resolve()
-    with _lock:
-        server = _servers.pop(data_dir, None)
-    if server is not None:
-        server.cleanup()
 
 
 def restart_embedded(data_dir: Path) -> None:

@@ -34,7 +34,6 @@ __all__ = [
     "create_task",
     "create_tasks",
     "delete_task",
-    "detach",
     "get_task",
     "list_tasks",
     "toggle_task",
@@ -222,18 +221,3 @@ def delete_task(*, user_id: object, task_id: object) -> Operation[None]:
         writes=True,
         request=("delete", {"user_id": user, "task_id": found_id}),
     )
-
-
-def detach(expunge: Callable[[Any], None], value: object) -> None:
-    """Detach the tasks in `value` from the session that read them.
-
-    Each result is then the row as it was when read: a later update can't change a Task
-    the caller already holds, and setting attributes on it can't write to the database
-    behind validation's back.
-    """
-    if isinstance(value, Task):
-        expunge(value)
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, Task):
-                expunge(item)

@@ -39,13 +39,13 @@ from persistence.async_database import create_async_engine
 from persistence.async_unit_of_work import AsyncUnitOfWork
 from persistence.config import load_settings
 from persistence.database import (
+    configured_url,
     create_engine,
     dispose_engine,
     init_db,
     normalize_url,
     transaction_options,
 )
-from persistence.embedded import embedded_url
 from persistence.errors import PersistenceError
 from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
 from persistence.models import Task
@@ -89,8 +89,7 @@ class TestDatabase:
 def server_url() -> str:
     """The server tests run on: `TEST_DATABASE_URL`, else `DATABASE_URL`, else embedded."""
     settings = load_settings()
-    explicit = settings.test_database_url or settings.database_url
-    return explicit or embedded_url(settings.embedded_dir)
+    return settings.test_database_url or configured_url(settings)
 
 
 def _admin_engine(url: str) -> Engine:
