@@ -9,10 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, func, select
+from sqlmodel import col
 
-from persistence import create_engine
+from benchmarks.proxy import LatencyProxy
+from persistence import Task, create_engine
 from persistence.database import normalize_url
 from persistence.testing import TestDatabase
+from tests.proxying import proxy_for
 
 
 @pytest.fixture
@@ -45,3 +48,20 @@ def terminate(killer: Engine, *pids: int) -> None:
         for pid in pids:
             connection.execute(select(func.pg_terminate_backend(pid)))
     time.sleep(0.05)  # let the backends exit
+
+
+@pytest.fixture
+def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
+    """A round-trip counting, cuttable proxy in front of the test database's server."""
+    with proxy_for(persistence_database) as running:
+        yield running
+
+
+def committed_count(engine: Engine, user: str) -> int:
+    """How many of `user`'s tasks another connection sees as committed."""
+    with engine.connect() as other:
+        return int(
+            other.execute(
+                select(func.count()).select_from(Task).where(col(Task.user_id) == user)
+            ).scalar_one()
+        )

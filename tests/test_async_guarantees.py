@@ -24,6 +24,7 @@ from persistence import (
     get_async_engine,
 )
 from persistence.testing import TestDatabase
+from tests.conftest import committed_count
 from tests.proxying import async_engine_through, proxy_for
 
 
@@ -41,15 +42,6 @@ def server_states(engine: Engine) -> list[str]:
             )
         )
         return [state for (state,) in rows]
-
-
-def committed_count(engine: Engine, user: str) -> int:
-    with engine.connect() as connection:
-        return int(
-            connection.execute(
-                text("SELECT count(*) FROM tasks WHERE user_id = :u"), {"u": user}
-            ).scalar_one()
-        )
 
 
 @pytest_asyncio.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,15 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from benchmarks.proxy import LatencyProxy
 from persistence import AsyncUnitOfWork
 from persistence.testing import TestDatabase
-from tests.proxying import async_engine_through, proxy_for
+from tests.proxying import async_engine_through
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    with proxy_for(persistence_database) as running:
-        yield running
 
 
 @pytest_asyncio.fixture

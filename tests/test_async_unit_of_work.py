@@ -7,7 +7,7 @@ test_async_guarantees.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -27,7 +27,7 @@ from persistence import (
 )
 from persistence.testing import TestDatabase
 from tests.conftest import terminate
-from tests.proxying import async_engine_through, proxy_for
+from tests.proxying import async_engine_through
 
 pytestmark = pytest.mark.asyncio
 
@@ -48,12 +48,6 @@ async def small_engine(
     engine = create_async_engine(persistence_database.url, pool_size=2, max_overflow=0)
     yield engine
     await engine.dispose()
-
-
-@pytest.fixture
-def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    with proxy_for(persistence_database) as running:
-        yield running
 
 
 async def test_the_async_api_is_exported():

@@ -22,13 +22,7 @@ from persistence import (
 from persistence.database import normalize_url
 from persistence.embedded import restart_embedded
 from persistence.testing import TestDatabase
-from tests.proxying import engine_through, proxy_for
-
-
-@pytest.fixture
-def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    with proxy_for(persistence_database) as running:
-        yield running
+from tests.proxying import engine_through
 
 
 @pytest.fixture

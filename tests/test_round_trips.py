@@ -11,13 +11,7 @@ from sqlalchemy import Engine
 from benchmarks.proxy import LatencyProxy
 from persistence import UnitOfWork
 from persistence.testing import TestDatabase
-from tests.proxying import engine_through, proxy_for
-
-
-@pytest.fixture
-def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
-    with proxy_for(persistence_database) as running:
-        yield running
+from tests.proxying import engine_through
 
 
 @pytest.fixture

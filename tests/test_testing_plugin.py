@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Engine, func, select
-from sqlmodel import col
 
-from persistence import AsyncUnitOfWork, Task, UnitOfWork
+from persistence import AsyncUnitOfWork, UnitOfWork
 from persistence.testing import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork, TestDatabase
-
-
-def _committed_count(engine: Engine, user: str) -> int:
-    with engine.connect() as other:
-        return int(
-            other.execute(
-                select(func.count()).select_from(Task).where(col(Task.user_id) == user)
-            ).scalar_one()
-        )
+from tests.conftest import committed_count
 
 
 def test_uow_commits_are_seen_inside_the_test_but_never_committed_outside(
@@ -26,7 +16,7 @@ def test_uow_commits_are_seen_inside_the_test_but_never_committed_outside(
         uow.tasks.create(user_id=user, title="t")
     with uow:  # a later unit of work in the same test sees it
         assert uow.tasks.count(user_id=user) == 1
-    assert _committed_count(persistence_database.engine, user) == 0
+    assert committed_count(persistence_database.engine, user) == 0
 
 
 def test_task_factory_makes_valid_tasks_through_the_public_api(task_factory, uow, user):
@@ -48,7 +38,7 @@ async def test_async_uow_commits_are_seen_inside_the_test_but_never_committed_ou
         await async_uow.tasks.create(user_id=user, title="t")
     async with async_uow:
         assert await async_uow.tasks.count(user_id=user) == 1
-    assert _committed_count(persistence_database.engine, user) == 0
+    assert committed_count(persistence_database.engine, user) == 0
 
 
 @pytest.mark.asyncio
@@ -71,7 +61,7 @@ def test_code_under_test_that_builds_its_own_unit_of_work_joins_the_tests_transa
             return own.tasks.count(user_id=user)
 
     assert service() == 3
-    assert _committed_count(persistence_database.engine, user) == 0
+    assert committed_count(persistence_database.engine, user) == 0
 
 
 @pytest.mark.asyncio
@@ -82,7 +72,7 @@ async def test_async_code_under_test_joins_the_async_tests_transaction(
         await async_uow.tasks.create_many(user_id=user, items=[{"title": "seeded"}])
     async with AsyncUnitOfWork() as own:
         assert await own.tasks.count(user_id=user) == 1
-    assert _committed_count(persistence_database.engine, user) == 0
+    assert committed_count(persistence_database.engine, user) == 0
 
 
 def test_the_kit_exports_the_names_users_reach_for():
