@@ -127,9 +127,11 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
         try:
             yield
         except BaseException as exc:
-            await self._step(session, self._close_savepoint, nested, exc)
+            if self._session is session:  # else the block already ended, and rolled back
+                await self._step(session, self._close_savepoint, nested, exc)
             raise
-        await self._step(session, self._close_savepoint, nested, None)
+        if self._session is session:
+            await self._step(session, self._close_savepoint, nested, None)
 
     async def _run(self, operation: Operation[T]) -> T:
         return await self._step(self._active_session(), self._run_on, operation)

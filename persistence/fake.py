@@ -113,14 +113,14 @@ class FakeUnitOfWork:
         self.database = database if database is not None else FakeDatabase()
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
         self._transaction: _Transaction | None = None
-        self._thread: int | None = None
+        self._savepoints = 0
         self._tasks = TaskRepository(self._run)
 
     def __enter__(self) -> Self:
         if self._transaction is not None:
             raise PersistenceError("this unit of work is already active; use a new UnitOfWork")
         self._transaction = _Transaction(self.database)
-        self._thread = threading.get_ident()
+        self._savepoints = 0
         return self
 
     def __exit__(
@@ -131,6 +131,12 @@ class FakeUnitOfWork:
     ) -> None:
         transaction = self._active()
         self._transaction = None
+        if exc_type is None and self._savepoints:
+            self._savepoints = 0
+            raise PersistenceError(
+                "the unit of work ended while a savepoint() block was still open: "
+                "nothing since the last commit was committed"
+            )
         if exc_type is None:
             transaction.commit()
 
@@ -146,13 +152,22 @@ class FakeUnitOfWork:
         Raises `PersistenceError` outside an active block.
         """
         transaction = self._active()
+        self._not_in_a_savepoint("commit()")
         transaction.commit()
         self._transaction = _Transaction(self.database)
 
     def rollback(self) -> None:
         """Discard the work since the last commit; `PersistenceError` outside a block."""
         self._active()
+        self._not_in_a_savepoint("rollback()")
         self._transaction = _Transaction(self.database)
+
+    def _not_in_a_savepoint(self, action: str) -> None:
+        if self._savepoints:
+            raise PersistenceError(
+                f"{action} inside `savepoint()` is refused: it would end the savepoint's "
+                "transaction half-way; leave the savepoint block first"
+            )
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -162,23 +177,21 @@ class FakeUnitOfWork:
         """
         transaction = self._active()
         rows, changed = copy.deepcopy(transaction.rows), set(transaction.changed)
+        self._savepoints += 1
         try:
             yield
         except BaseException:
             if self._transaction is transaction:
                 transaction.rows, transaction.changed = rows, changed
             raise
+        finally:
+            self._savepoints -= 1
 
     def _active(self) -> _Transaction:
         if self._transaction is None:
             raise PersistenceError(
                 "this unit of work is not active: use uow.tasks, commit(), rollback() and "
                 "savepoint() inside `with UnitOfWork() as uow:`"
-            )
-        if self._thread != threading.get_ident():
-            raise PersistenceError(
-                "a unit of work belongs to the thread that entered it: "
-                "give each thread its own UnitOfWork"
             )
         return self._transaction
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from persistence.database import get_engine
+from persistence.errors import PersistenceError
 from persistence.operations import Operation
 from persistence.repository import TaskRepository
 from persistence.unit_of_work_base import ISOLATION_LEVELS, UnitOfWorkBase, default_binds
@@ -27,8 +28,11 @@ class UnitOfWork(UnitOfWorkBase[Session]):
     A clean exit commits; an exception rolls back everything since the last commit and
     propagates unchanged. `commit()` and `rollback()` end the current transaction and the
     block goes on in a new one; `savepoint()` undoes only its own part on an exception.
-    Returned `Task` objects stay readable after the block. A unit of work belongs to the
-    thread that entered it; it may be entered again after it has ended.
+    Returned `Task` objects stay readable after the block. A unit of work may be entered,
+    used and left on different threads (as a web framework's threadpool does), one
+    operation at a time: an operation started while another runs raises
+    `PersistenceError`, and the end of the block waits for a running one. It may be
+    entered again after it has ended.
 
     `bind` is an `Engine` (default: the one built from `DATABASE_URL`) or a `Connection`
     already in a transaction, which the unit of work joins with savepoints (for tests).
@@ -36,9 +40,7 @@ class UnitOfWork(UnitOfWorkBase[Session]):
     """
 
     _block = "with UnitOfWork() as uow:"
-    _wrong_owner = (
-        "a unit of work belongs to the thread that entered it: give each thread its own UnitOfWork"
-    )
+    _wrong_owner = ""  # any thread may use it, one operation at a time
 
     def __init__(
         self,
@@ -48,11 +50,25 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         read_only: bool = False,
     ) -> None:
         super().__init__(bind, isolation_level=isolation_level, read_only=read_only)
+        self._operation = threading.Lock()
         self._tasks = TaskRepository(self._run)
 
     @staticmethod
     def _current_owner() -> object:
-        return threading.get_ident()
+        return None  # not tied to a thread: `_one_at_a_time` guards each operation
+
+    @contextmanager
+    def _one_at_a_time(self) -> Iterator[Session]:
+        session = self._active_session()
+        if not self._operation.acquire(blocking=False):
+            raise PersistenceError(
+                "this unit of work is running an operation on another thread: run its "
+                "operations one after another, or give each thread its own UnitOfWork"
+            )
+        try:
+            yield session
+        finally:
+            self._operation.release()
 
     def __enter__(self) -> Self:
         bind = self._bind if self._bind is not None else default_binds["sync"] or get_engine()
@@ -66,10 +82,14 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         traceback: TracebackType | None,
     ) -> None:
         session = self._active_session()
-        try:
-            self._end_on(session, failed=exc_type is not None)
-        finally:
-            self._stop()
+        # An operation still running on another thread finishes first: the end of the
+        # block must not race it for the connection. Then the block always ends here:
+        # committed or rolled back, and the connection given back.
+        with self._operation:
+            try:
+                self._end_on(session, failed=exc_type is not None)
+            finally:
+                self._stop()
 
     @property
     def tasks(self) -> TaskRepository:
@@ -83,14 +103,16 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         Raises a `PersistenceError` subclass if the commit fails (nothing is committed then),
         or `CommitOutcomeUnknownError` if the connection was lost while COMMIT was in flight.
         """
-        self._commit_on(self._active_session())
+        with self._one_at_a_time() as session:
+            self._commit_on(session)
 
     def rollback(self) -> None:
         """Discard the work since the last commit; the block goes on in a new transaction.
 
         Raises `PersistenceError` outside an active block, or a subclass if the server fails.
         """
-        self._rollback_on(self._active_session())
+        with self._one_at_a_time() as session:
+            self._rollback_on(session)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -98,14 +120,19 @@ class UnitOfWork(UnitOfWorkBase[Session]):
 
         Raises `PersistenceError` outside an active block, or a subclass if the server fails.
         """
-        session = self._active_session()
-        nested = self._open_savepoint(session)
+        with self._one_at_a_time() as session:
+            nested = self._open_savepoint(session)
         try:
             yield
         except BaseException as exc:
-            self._close_savepoint(session, nested, exc)
+            if self._session is session:  # else the block already ended, and rolled back
+                with self._one_at_a_time():
+                    self._close_savepoint(session, nested, exc)
             raise
-        self._close_savepoint(session, nested, None)
+        if self._session is session:
+            with self._one_at_a_time():
+                self._close_savepoint(session, nested, None)
 
     def _run(self, operation: Operation[T]) -> T:
-        return self._run_on(self._active_session(), operation)
+        with self._one_at_a_time() as session:
+            return self._run_on(session, operation)

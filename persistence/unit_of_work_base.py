@@ -58,6 +58,7 @@ class UnitOfWorkBase(Generic[S]):
         # What the current transaction has done: any statement at all, and any write.
         self._began = False
         self._wrote = False
+        self._savepoints = 0  # how many `savepoint()` blocks are open
 
     def __repr__(self) -> str:
         state = "active" if self._session is not None else "inactive"
@@ -88,6 +89,7 @@ class UnitOfWorkBase(Generic[S]):
         self._session = session
         self._owner = self._current_owner()
         self._began = self._wrote = False
+        self._savepoints = 0
 
     def _stop(self) -> None:
         self._session = None
@@ -106,10 +108,19 @@ class UnitOfWorkBase(Generic[S]):
     # The steps, each on a sync `Session` (for the async unit of work: its `sync_session`,
     # inside the greenlet).
 
+    def _not_in_a_savepoint(self, action: str) -> None:
+        if self._savepoints:
+            raise PersistenceError(
+                f"{action} inside `savepoint()` is refused: it would end the savepoint's "
+                "transaction half-way; leave the savepoint block first"
+            )
+
     def _run_on(self, session: Session, operation: Operation[T]) -> T:
         if operation.statement is None:
             return operation.read(None)
         statement = operation.statement
+        if self._began and _aborted(session):
+            raise _aborted_error(operation.action)
         value = self._first_or_replayed(
             session, operation.action, lambda: operation.read(session.execute(statement))
         )
@@ -137,6 +148,7 @@ class UnitOfWorkBase(Generic[S]):
         return value
 
     def _commit_on(self, session: Session) -> None:
+        self._not_in_a_savepoint("commit()")
         began, wrote, self._began, self._wrote = self._began, self._wrote, False, False
         with driver_errors("committing"):
             aborted = began and _aborted(session)
@@ -144,12 +156,7 @@ class UnitOfWorkBase(Generic[S]):
             # The server answers COMMIT on an aborted transaction with a ROLLBACK that
             # psycopg does not report: say so instead of letting it pass for a commit.
             self._rollback_quietly(session)
-            error = DatabaseError(
-                "committing: an earlier statement failed and the server aborted the "
-                "transaction (SQLSTATE 25P02): nothing since the last commit was committed"
-            )
-            error.sqlstate = "25P02"
-            raise error
+            raise _aborted_error("committing", "nothing since the last commit was committed")
         try:
             with driver_errors("committing"):
                 session.commit()
@@ -163,6 +170,7 @@ class UnitOfWorkBase(Generic[S]):
         logger.debug("unit of work committed")
 
     def _rollback_on(self, session: Session) -> None:
+        self._not_in_a_savepoint("rollback()")
         self._began = self._wrote = False
         with driver_errors("rolling back"):
             session.rollback()
@@ -175,31 +183,47 @@ class UnitOfWorkBase(Generic[S]):
             session.connection()
             return nested
 
-        return self._first_or_replayed(session, "opening a savepoint", send)
+        nested = self._first_or_replayed(session, "opening a savepoint", send)
+        self._savepoints += 1
+        return nested
 
-    @staticmethod
     def _close_savepoint(
-        _session: Session, nested: SessionTransaction, failure: BaseException | None
+        self, session: Session, nested: SessionTransaction, failure: BaseException | None
     ) -> None:
+        self._savepoints -= 1
         if not nested.is_active:
             return
         if failure is None:
             with driver_errors("releasing a savepoint"):
+                if _aborted(session):
+                    raise _aborted_error("releasing a savepoint")
                 nested.commit()
             return
         try:
             with driver_errors("rolling back to a savepoint"):
                 nested.rollback()
-        except PersistenceError:
-            if isinstance(failure, Exception):
-                raise
-            # An interruption (a cancelled task, Ctrl-C) propagates as it is; the whole
-            # transaction is rolled back at the end of the block anyway.
-            logger.warning("rolling back to a savepoint failed", exc_info=True)
+        except PersistenceError as lost:
+            # The caller's own error is what propagates; the whole transaction is rolled
+            # back at the end of the block anyway (the server discards it with the
+            # connection). The loss is logged and told on the caller's error.
+            logger.warning("rolling back to a savepoint failed: %s", lost, exc_info=True)
+            failure.add_note(f"then rolling back to the savepoint failed: {lost}")
 
     def _end_on(self, session: Session, failed: bool) -> None:
-        """The end of the block: commit (or roll back after an exception), then close."""
+        """The end of the block: commit (or roll back after an exception), then close.
+
+        A savepoint still open (left out of order) means unfinished work: nothing since
+        the last commit is committed, and `PersistenceError` says so.
+        """
         try:
+            if self._savepoints and not failed:
+                self._savepoints = 0
+                self._began = self._wrote = False
+                self._rollback_quietly(session)
+                raise PersistenceError(
+                    "the unit of work ended while a savepoint() block was still open: "
+                    "nothing since the last commit was committed"
+                )
             if failed:
                 self._began = self._wrote = False
                 self._rollback_quietly(session)
@@ -226,8 +250,21 @@ class UnitOfWorkBase(Generic[S]):
             logger.warning("closing the session failed; the connection is discarded", exc_info=True)
 
 
+def _aborted_error(action: str, outcome: str = "roll back first") -> DatabaseError:
+    error = DatabaseError(
+        f"{action}: an earlier statement failed and the server aborted the transaction "
+        f"(SQLSTATE 25P02): {outcome}"
+    )
+    error.sqlstate = "25P02"
+    return error
+
+
 def _aborted(session: Session) -> bool:
     """Whether the session's transaction was aborted on the server by a failed statement."""
-    raw = session.connection().connection.driver_connection
+    transaction = session.get_transaction()
+    connection = transaction.connection(None) if transaction is not None else None
+    if connection is None:
+        return False
+    raw = connection.connection.driver_connection
     status = getattr(getattr(raw, "info", None), "transaction_status", None)
     return bool(status == psycopg.pq.TransactionStatus.INERROR)

@@ -6,13 +6,14 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Executable, func, select, text
 from sqlmodel import col
 
 from benchmarks.proxy import LatencyProxy
-from persistence import Task, create_engine
+from persistence import Task, UnitOfWork, create_engine
 from persistence.database import normalize_url
 from persistence.testing import TestDatabase
 from tests.proxying import proxy_for
@@ -55,6 +56,40 @@ def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
     """A round-trip counting, cuttable proxy in front of the test database's server."""
     with proxy_for(persistence_database) as running:
         yield running
+
+
+def execute_in(uow: UnitOfWork, statement: Executable) -> Any:
+    """Send a statement of the test's own inside the unit of work's transaction, around the
+    repository (to plant a server error, or ask the server something); its result."""
+    return uow._active_session().execute(statement)
+
+
+def backend_pid(uow: UnitOfWork) -> int:
+    """The server process serving the unit of work's connection."""
+    return int(execute_in(uow, select(func.pg_backend_pid())).scalar_one())
+
+
+def libpq_url(url: str) -> str:
+    """`url` as libpq and psycopg take it (no SQLAlchemy driver name)."""
+    return normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def checked_out(engine: Engine) -> int:
+    """How many of the engine's pooled connections units of work hold right now."""
+    return int(engine.pool.checkedout())
+
+
+def open_transactions(engine: Engine) -> int:
+    """How many other sessions on the engine's database sit in an open transaction."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+                )
+            ).scalar_one()
+        )
 
 
 def committed_count(engine: Engine, user: str) -> int:

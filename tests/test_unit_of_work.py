@@ -105,6 +105,36 @@ def test_savepoints_nest(persistence_engine: Engine, user: str):
     assert committed_titles(persistence_engine, user) == ["level 1"]
 
 
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_ending_the_transaction_inside_a_savepoint_is_refused_and_undoes_nothing_outside(
+    persistence_engine: Engine, user: str, end: str
+):
+    with UnitOfWork(persistence_engine) as uow:
+        uow.tasks.create(user_id=user, title="outer")
+        with pytest.raises(PersistenceError, match="savepoint"), uow.savepoint():
+            uow.tasks.create(user_id=user, title="inner")
+            getattr(uow, end)()  # refused: the savepoint would be cut in half
+        # The refusal left the savepoint with an exception: only its own work is undone.
+        assert [t.title for t in uow.tasks.list(user_id=user)] == ["outer"]
+    assert committed_titles(persistence_engine, user) == ["outer"]
+
+
+def test_leaving_the_unit_of_work_with_a_savepoint_still_open_commits_none_of_it(
+    persistence_engine: Engine, user: str
+):
+    uow = UnitOfWork(persistence_engine)
+    with pytest.raises(PersistenceError, match="savepoint"), uow:
+        uow.tasks.create(user_id=user, title="before the savepoint")
+        unfinished = uow.savepoint()
+        unfinished.__enter__()  # never left: the block ends first
+        uow.tasks.create(user_id=user, title="inside the unfinished savepoint")
+    unfinished.__exit__(None, None, None)  # left late: the block already rolled it back
+    assert committed_titles(persistence_engine, user) == []
+    with uow:  # the unit of work is not stuck half-way
+        uow.tasks.create(user_id=user, title="next")
+    assert committed_titles(persistence_engine, user) == ["next"]
+
+
 def test_results_stay_readable_after_the_block(persistence_engine: Engine, user: str):
     with UnitOfWork(persistence_engine) as uow:
         created = uow.tasks.create(user_id=user, title="t", description="d")
@@ -141,13 +171,6 @@ def test_a_unit_of_work_can_be_entered_again_but_not_twice_at_once(
     with uow:
         uow.tasks.create(user_id=user, title="two")
     assert committed_titles(persistence_engine, user) == ["one", "two"]
-
-
-def test_a_unit_of_work_refuses_use_from_another_thread(persistence_engine: Engine, user: str):
-    with UnitOfWork(persistence_engine) as uow, ThreadPoolExecutor(1) as pool:
-        future = pool.submit(lambda: uow.tasks.count(user_id=user))
-        with pytest.raises(PersistenceError, match="thread"):
-            future.result()
 
 
 def test_many_threads_each_with_their_own_unit_of_work(persistence_engine: Engine, user: str):

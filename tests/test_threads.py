@@ -1,0 +1,195 @@
+"""A unit of work moved between threads, as a web framework's threadpool moves a request.
+
+The rule: a `UnitOfWork` may be entered, used and left on different threads, one operation
+at a time. An operation started while another is running raises `PersistenceError`; the
+end of the block waits for a running operation, then commits (or rolls back) and gives the
+connection back, always.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+
+from persistence import FakeDatabase, FakeUnitOfWork, PersistenceError, UnitOfWork
+from persistence import create_engine as make_engine
+from persistence.testing import TestDatabase
+from tests.conftest import checked_out, committed_count, libpq_url, open_transactions
+
+T = TypeVar("T")
+
+
+class Boom(Exception):
+    """The application's own failure."""
+
+
+@pytest.fixture
+def one_connection(persistence_database: TestDatabase, persistence_engine: Engine):
+    """An engine whose pool holds a single connection: a leaked one would starve the next."""
+    engine = make_engine(persistence_database.url, pool_size=1, max_overflow=0, pool_timeout=5)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def threads() -> Iterator[list[ThreadPoolExecutor]]:
+    """Three threads alive for the whole test (so their idents differ from each other and
+    from the test's): `threads[n].submit(work).result()` runs `work` on thread n."""
+    pools = [ThreadPoolExecutor(1) for _ in range(3)]
+    for pool in pools:
+        pool.submit(lambda: None).result()  # start its thread now
+    yield pools
+    for pool in pools:
+        pool.shutdown()
+
+
+def on(pool: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+    """Run `work` on the pool's thread and return its result."""
+    return pool.submit(work).result()
+
+
+@pytest.fixture
+def row_lock(persistence_database: TestDatabase) -> Iterator[Callable[[int], threading.Event]]:
+    """`lock(task_id)` holds that row's lock from another connection until the returned
+    event is set: an UPDATE of the row blocks until then, deterministically."""
+    release = threading.Event()
+    holders: list[threading.Thread] = []
+
+    def lock(task_id: int) -> threading.Event:
+        held = threading.Event()
+
+        def hold() -> None:
+            with psycopg.connect(libpq_url(persistence_database.url)) as connection:
+                connection.execute("UPDATE tasks SET title = 'locked' WHERE id = %s", (task_id,))
+                held.set()
+                release.wait(30)
+                connection.rollback()
+
+        holder = threading.Thread(target=hold)
+        holders.append(holder)
+        holder.start()
+        assert held.wait(30)
+        return release
+
+    yield lock
+    release.set()
+    for holder in holders:
+        holder.join()
+
+
+def test_a_unit_entered_used_and_left_on_three_threads_commits_and_gives_its_connection_back(
+    one_connection: Engine, persistence_engine: Engine, user: str, threads
+):
+    uow = on(threads[0], lambda: UnitOfWork(one_connection).__enter__())
+    on(threads[1], lambda: uow.tasks.create(user_id=user, title="made on the second thread"))
+    on(threads[2], lambda: uow.__exit__(None, None, None))
+    assert committed_count(persistence_engine, user) == 1
+    assert checked_out(one_connection) == 0
+    assert open_transactions(persistence_engine) == 0
+    with UnitOfWork(one_connection) as again:  # the single connection is free again
+        assert again.tasks.count(user_id=user) == 1
+
+
+def test_an_exit_with_an_exception_from_another_thread_rolls_back_and_gives_it_back(
+    one_connection: Engine, persistence_engine: Engine, user: str, threads
+):
+    uow = UnitOfWork(one_connection).__enter__()
+    uow.tasks.create(user_id=user, title="rolled back")
+    error = Boom("the request failed")
+    on(threads[0], lambda: uow.__exit__(Boom, error, None))
+    assert committed_count(persistence_engine, user) == 0
+    assert checked_out(one_connection) == 0
+    assert open_transactions(persistence_engine) == 0
+
+
+def test_two_operations_at_once_from_two_threads_are_refused(
+    one_connection: Engine, persistence_engine: Engine, row_lock, user: str
+):
+    with UnitOfWork(persistence_engine) as setup:
+        task = setup.tasks.create(user_id=user, title="contended")
+    release = row_lock(task.id)
+    with UnitOfWork(one_connection) as uow, ThreadPoolExecutor(1) as pool:
+        blocked = pool.submit(uow.tasks.toggle_complete, user_id=user, task_id=task.id)
+        # The toggle waits on the row lock: it is in flight until the lock is released.
+        wait_until_waiting_on_a_lock(persistence_engine, blocked)
+        with pytest.raises(PersistenceError, match="another thread"):
+            uow.tasks.count(user_id=user)
+        release.set()
+        assert blocked.result().complete is True
+    assert checked_out(one_connection) == 0
+    with UnitOfWork(persistence_engine) as uow:
+        stored = uow.tasks.get(user_id=user, task_id=task.id)
+    assert stored is not None
+    assert stored.complete is True
+
+
+def test_the_end_of_the_block_waits_for_an_operation_running_on_another_thread(
+    one_connection: Engine, persistence_engine: Engine, row_lock, user: str
+):
+    with UnitOfWork(persistence_engine) as setup:
+        task = setup.tasks.create(user_id=user, title="contended")
+    release = row_lock(task.id)
+    uow = UnitOfWork(one_connection).__enter__()
+    with ThreadPoolExecutor(2) as pool:
+        blocked = pool.submit(uow.tasks.toggle_complete, user_id=user, task_id=task.id)
+        wait_until_waiting_on_a_lock(persistence_engine, blocked)
+        ending = pool.submit(uow.__exit__, None, None, None)
+        release.set()
+        assert blocked.result().complete is True
+        ending.result()  # no error: the exit waited, then committed the toggle
+    assert checked_out(one_connection) == 0
+    assert open_transactions(persistence_engine) == 0
+    with UnitOfWork(persistence_engine) as uow:
+        stored = uow.tasks.get(user_id=user, task_id=task.id)
+    assert stored is not None
+    assert stored.complete is True
+
+
+def test_an_exit_never_leaves_a_transaction_open_even_when_it_raises(
+    one_connection: Engine, persistence_engine: Engine, user: str, threads
+):
+    uow = UnitOfWork(one_connection).__enter__()
+    with uow.savepoint():
+        uow.tasks.create(user_id=user, title="inside a savepoint still open at the exit")
+        # Leaving the unit of work from inside its savepoint: refused, but nothing is left.
+        with pytest.raises(PersistenceError, match="savepoint"):
+            on(threads[0], lambda: uow.__exit__(None, None, None))
+        assert checked_out(one_connection) == 0
+        assert open_transactions(persistence_engine) == 0
+        with pytest.raises(PersistenceError, match="not active"):
+            uow.tasks.count(user_id=user)
+    assert committed_count(persistence_engine, user) == 0
+
+
+def test_the_fake_follows_the_same_rule(threads):
+    database = FakeDatabase()
+    uow = on(threads[0], lambda: FakeUnitOfWork(database).__enter__())
+    on(threads[1], lambda: uow.tasks.create(user_id="alice", title="made elsewhere"))
+    on(threads[2], lambda: uow.__exit__(None, None, None))
+    assert [task.title for task in database.tasks()] == ["made elsewhere"]
+
+
+def wait_until_waiting_on_a_lock(engine: Engine, operation: Future[object]) -> None:
+    """Return once some session of the test database waits on a lock (bounded wait);
+    raise what `operation` raised if it ended instead."""
+    for _ in range(3000):
+        if operation.done():
+            operation.result()
+            raise AssertionError("the operation ended instead of waiting on the lock")
+        with engine.connect() as connection:
+            waiting = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("no session ever waited on the row lock")
