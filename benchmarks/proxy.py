@@ -34,6 +34,7 @@ class _Link:
     client: socket.socket
     server: socket.socket
     last_from_client: bool = False
+    cut_at_reply: bool = False
     ssl_requested: bool = False
     encrypted: bool = False
     closed: bool = False
@@ -79,6 +80,8 @@ class LatencyProxy:
         self.port: int = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
         self._running = False
+        self.refuse_new = False
+        """While true, every new connection is closed at once, as an unreachable server's."""
 
     def __enter__(self) -> Self:
         self._running = True
@@ -114,7 +117,9 @@ class LatencyProxy:
         """Cut a connection when the client sends a chunk for which `matcher` is true.
 
         `after_forwarding=False` drops that chunk (the server never sees it); `True`
-        forwards it first and cuts before any reply gets back. `None` disarms. The chunk
+        forwards it and cuts when the server's reply arrives, dropping the reply: the
+        server has done what the chunk asked (a COMMIT is committed), the client never
+        hears of it. `None` disarms. The chunk
         must be readable: over TLS, use `cut_at_flight`.
         """
         self._cut = None if matcher is None else (matcher, after_forwarding)
@@ -157,6 +162,9 @@ class LatencyProxy:
                 continue
             except OSError:
                 return
+            if self.refuse_new:
+                client.close()
+                continue
             client.settimeout(None)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
@@ -174,7 +182,7 @@ class LatencyProxy:
     def _pump(self, link: _Link, *, from_client: bool) -> None:
         # One thread reads, another delivers each chunk when its delay is over, so a chunk
         # read 1 ms after another is delivered 1 ms after it.
-        queue: collections.deque[tuple[float, bytes, bool]] = collections.deque()
+        queue: collections.deque[tuple[float, bytes]] = collections.deque()
         ready = threading.Condition()
         source = link.client if from_client else link.server
         sink = link.server if from_client else link.client
@@ -185,16 +193,18 @@ class LatencyProxy:
                     data = source.recv(65536)
                 except OSError:
                     data = b""
-                cut_after = False
                 if data and from_client:
                     cut = self._on_client_chunk(link, data)
                     if cut == "before":
                         return
-                    cut_after = cut == "after"
+                    link.cut_at_reply = link.cut_at_reply or cut == "after"
                 elif data:
+                    if link.cut_at_reply:
+                        link.close()  # the server answered: drop the answer, and cut
+                        return
                     self._on_server_chunk(link, data)
                 with ready:
-                    queue.append((time.monotonic() + self.rtt_ms / 2000, data, cut_after))
+                    queue.append((time.monotonic() + self.rtt_ms / 2000, data))
                     ready.notify()
                 if not data:
                     return
@@ -206,7 +216,7 @@ class LatencyProxy:
                         if link.closed:
                             return
                         ready.wait(0.05)
-                    due, data, cut_after = queue.popleft()
+                    due, data = queue.popleft()
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -216,9 +226,6 @@ class LatencyProxy:
                 try:
                     sink.sendall(data)
                 except OSError:
-                    link.close()
-                    return
-                if cut_after:
                     link.close()
                     return
 

@@ -6,39 +6,92 @@
     with UnitOfWork() as uow:
         task = uow.tasks.create(user_id="alice", title="Buy milk")
 
-Nothing connects, reads settings or builds an engine at import time.
+Nothing connects, reads settings or builds an engine at import time, and importing the
+package imports none of its parts: each public name is imported when first used, so a
+sync application never loads the asyncio side.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from persistence.async_database import create_async_engine, dispose_async_engine, get_async_engine
-from persistence.async_transactions import run_in_transaction_async
-from persistence.async_unit_of_work import AsyncTaskRepository, AsyncUnitOfWork
-from persistence.config import Settings, load_settings
-from persistence.database import create_engine, dispose_engine, get_engine, init_db
-from persistence.errors import (
-    AuthenticationError,
-    CommitOutcomeUnknownError,
-    ConfigurationError,
-    ConnectionLostError,
-    DatabaseError,
-    DatabaseUnavailableError,
-    IntegrityViolationError,
-    PersistenceError,
-    PoolTimeoutError,
-    TaskNotFoundError,
-    TaskValidationError,
-    TransactionConflictError,
-)
-from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
-from persistence.models import Task
-from persistence.repository import UNSET, TaskRepository
-from persistence.transactions import run_in_transaction
-from persistence.unit_of_work import UnitOfWork
+if TYPE_CHECKING:
+    from persistence.async_database import (
+        create_async_engine,
+        dispose_async_engine,
+        get_async_engine,
+    )
+    from persistence.async_transactions import run_in_transaction_async
+    from persistence.async_unit_of_work import AsyncTaskRepository, AsyncUnitOfWork
+    from persistence.causal import LastWrites
+    from persistence.config import Settings, load_settings
+    from persistence.connections import pool_stats
+    from persistence.database import create_engine, dispose_engine, get_engine, init_db
+    from persistence.errors import (
+        AuthenticationError,
+        CommitOutcomeUnknownError,
+        ConfigurationError,
+        ConnectionLostError,
+        DatabaseError,
+        DatabaseUnavailableError,
+        DeadlineExceededError,
+        IntegrityViolationError,
+        PersistenceError,
+        PoolTimeoutError,
+        TaskNotFoundError,
+        TaskValidationError,
+        TransactionConflictError,
+    )
+    from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
+    from persistence.models import LIST_LIMIT_MAX, Task
+    from persistence.repository import UNSET, TaskRepository
+    from persistence.transactions import run_in_transaction
+    from persistence.unit_of_work import UnitOfWork
+
+# Where each public name lives: `from persistence import X` imports only X's module.
+_HOMES = {
+    "create_async_engine": "async_database",
+    "dispose_async_engine": "async_database",
+    "get_async_engine": "async_database",
+    "run_in_transaction_async": "async_transactions",
+    "AsyncTaskRepository": "async_unit_of_work",
+    "AsyncUnitOfWork": "async_unit_of_work",
+    "LastWrites": "causal",
+    "Settings": "config",
+    "load_settings": "config",
+    "pool_stats": "connections",
+    "create_engine": "database",
+    "dispose_engine": "database",
+    "get_engine": "database",
+    "init_db": "database",
+    "AuthenticationError": "errors",
+    "CommitOutcomeUnknownError": "errors",
+    "ConfigurationError": "errors",
+    "ConnectionLostError": "errors",
+    "DatabaseError": "errors",
+    "DatabaseUnavailableError": "errors",
+    "DeadlineExceededError": "errors",
+    "IntegrityViolationError": "errors",
+    "PersistenceError": "errors",
+    "PoolTimeoutError": "errors",
+    "TaskNotFoundError": "errors",
+    "TaskValidationError": "errors",
+    "TransactionConflictError": "errors",
+    "AsyncFakeUnitOfWork": "fake",
+    "FakeDatabase": "fake",
+    "FakeUnitOfWork": "fake",
+    "LIST_LIMIT_MAX": "models",
+    "Task": "models",
+    "UNSET": "repository",
+    "TaskRepository": "repository",
+    "run_in_transaction": "transactions",
+    "UnitOfWork": "unit_of_work",
+}
 
 __all__ = [
+    "LIST_LIMIT_MAX",
     "UNSET",
     "AsyncFakeUnitOfWork",
     "AsyncTaskRepository",
@@ -49,9 +102,11 @@ __all__ = [
     "ConnectionLostError",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "DeadlineExceededError",
     "FakeDatabase",
     "FakeUnitOfWork",
     "IntegrityViolationError",
+    "LastWrites",
     "PersistenceError",
     "PoolTimeoutError",
     "Settings",
@@ -69,11 +124,26 @@ __all__ = [
     "get_engine",
     "init_db",
     "load_settings",
+    "pool_stats",
     "run_in_transaction",
     "run_in_transaction_async",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # the next lookup is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
 
 # A library logs, but leaves handlers to the application.
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -8,13 +8,12 @@ import threading
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import psycopg
-from sqlalchemy import URL, event
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
 from persistence.config import Settings, load_settings
+from persistence.connections import remember_options
 from persistence.database import configured_url, engine_arguments, instrument
 
 __all__ = ["create_async_engine", "dispose_async_engine", "get_async_engine"]
@@ -27,33 +26,15 @@ def create_async_engine(
 ) -> AsyncEngine:
     """Build an `AsyncEngine` for `url`, configured exactly as `create_engine` builds a sync one.
 
-    Its pool belongs to the event loop that first uses it: use it from that loop only, and
-    `await engine.dispose()` before the loop closes. Nothing connects until first use.
-    Raises `ConfigurationError` for a bad URL.
+    Its units of work's pool belongs to the event loop that first uses it: use it from
+    that loop only, and `await engine.dispose()` before the loop closes. Nothing
+    connects until first use. Raises `ConfigurationError` for a bad URL.
     """
-    sa_url, options = engine_arguments(url, settings, **overrides)
+    sa_url, options, settings = engine_arguments(url, settings, **overrides)
     engine = sa_create_async_engine(sa_url, **options)
     instrument(engine.sync_engine)
-    event.listen(engine.sync_engine, "handle_error", _keep_a_connection_after_cancellation)
+    remember_options(engine.sync_engine, settings, options)
     return engine
-
-
-def _keep_a_connection_after_cancellation(context: ExceptionContext) -> None:
-    # SQLAlchemy discards a connection whose statement was interrupted by a cancellation,
-    # to be safe. psycopg has already made it safe: it asked the server to cancel the
-    # statement and waited for the outcome (or closed the connection if that failed).
-    # A connection psycopg left usable is kept, so the unit of work rolls it back and
-    # returns it to the pool, instead of every cancellation costing a new connection.
-    if not isinstance(context.original_exception, asyncio.CancelledError):
-        return
-    connection = context.connection
-    raw = connection.connection.driver_connection if connection is not None else None
-    if (
-        isinstance(raw, psycopg.AsyncConnection)
-        and not raw.closed
-        and raw.info.transaction_status != psycopg.pq.TransactionStatus.ACTIVE
-    ):
-        context.is_disconnect = False
 
 
 class _Default:

@@ -4,52 +4,73 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
+import psycopg
+from psycopg.rows import tuple_row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence import operations
+from persistence import operations, statements
 from persistence.async_database import get_async_engine
+from persistence.connections import Database, Replica, async_connector, database_of
 from persistence.errors import PersistenceError
 from persistence.models import Task
 from persistence.operations import UNSET, Operation, _Unset
-from persistence.unit_of_work_base import UnitOfWorkBase, default_binds
+from persistence.pool import AsyncConnectionPool, Lease
+from persistence.unit_of_work_base import (
+    Batch,
+    Execute,
+    Reconnect,
+    Release,
+    Request,
+    Reroute,
+    Resolve,
+    Steps,
+    UnitOfWorkBase,
+    aborted,
+    deadlines,
+    default_binds,
+    multi_statement,
+    with_session_setup,
+)
 
 __all__ = ["AsyncTaskRepository", "AsyncUnitOfWork"]
 
+logger = logging.getLogger("persistence.unit_of_work")
+
+TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
-class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
+class AsyncUnitOfWork(UnitOfWorkBase):
     """One atomic piece of work for asyncio: `async with AsyncUnitOfWork() as uow:`.
 
     The contract of `UnitOfWork`, with every database call awaited: a clean exit commits;
     an exception rolls back everything since the last commit and propagates unchanged;
     `await commit()`, `await rollback()` and `async with savepoint():` as there. Results
-    stay readable after the block. The same operations are sent, with the same round trips,
-    validation, errors and replay of a first statement on a dead pooled connection.
+    stay readable after the block. The same statements are sent, with the same round
+    trips, validation, errors, replay of a first statement on a dead pooled connection,
+    read replicas, causal tokens, deadlines and resolution of a lost COMMIT.
 
     Cancellation (a timeout, a client that went away) rolls the work back; COMMIT, once
     sent, and the return of the connection to the pool are never interrupted: a
     cancellation that arrives meanwhile takes effect as soon as they are done. A unit of
     work belongs to the event loop that entered it, and runs one operation at a time:
-    give each task its own (`PersistenceError` otherwise).
+    give each task its own (`PersistenceError` otherwise). Its end, from anywhere, never
+    leaves a transaction or a connection behind.
 
     `bind` is an `AsyncEngine` (default: the running loop's, from `DATABASE_URL`) or an
     `AsyncConnection` already in a transaction, which the unit of work joins with
-    savepoints (for tests). Raises `TaskValidationError` for an unknown `isolation_level`.
+    savepoints (for tests). Raises `TaskValidationError` for an unknown `isolation_level`
+    or a bad `timeout` / `after`.
     """
 
     _block = "async with AsyncUnitOfWork() as uow:"
-    _wrong_owner = (
-        "an async unit of work belongs to the event loop that entered it: give each thread "
-        "and each event loop its own AsyncUnitOfWork"
-    )
 
     def __init__(
         self,
@@ -57,26 +78,48 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
         *,
         isolation_level: str | None = None,
         read_only: bool = False,
+        timeout: float | None = None,
+        after: str | None = None,
     ) -> None:
-        super().__init__(bind, isolation_level=isolation_level, read_only=read_only)
+        super().__init__(
+            isolation_level=isolation_level, read_only=read_only, timeout=timeout, after=after
+        )
+        self._bind = bind
         self._busy = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks = AsyncTaskRepository(self._run)
-
-    @staticmethod
-    def _current_owner() -> object:
-        try:
-            return asyncio.get_running_loop()
-        except RuntimeError:  # no loop running in this thread
-            return None
+        self._database: Database[AsyncConnectionPool] | None = None
+        self._pool: AsyncConnectionPool | None = None
+        self._replica: Replica[AsyncConnectionPool] | None = None
+        self._lease: Lease[psycopg.AsyncConnection[Any]] | None = None
+        self._connection: psycopg.AsyncConnection[Any] | None = None
 
     async def __aenter__(self) -> Self:
         bind = self._bind if self._bind is not None else default_binds["async"]
         if bind is None:
             bind = await get_async_engine()
-        joined = isinstance(bind, AsyncConnection)
-        self._start(self._new_session(AsyncSession, bind, joined=joined))
+        if isinstance(bind, AsyncConnection):
+            adapted = bind.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+            raw = getattr(adapted, "_connection", adapted)
+            assert isinstance(raw, psycopg.AsyncConnection)
+            self._start(joined=True, deadlines=deadlines(None, None))
+            self._connection = raw
+        else:
+            database: Database[AsyncConnectionPool] = database_of(
+                bind.sync_engine, asynchronous=True
+            )
+            settings = database.settings
+            timeout = self._timeout if self._timeout is not None else settings.timeout
+            self._start(
+                joined=False, deadlines=deadlines(timeout, settings.idle_in_transaction_timeout)
+            )
+            self._database = database
+            self._pool, self._replica = database.pool_for(self._read_only)
+            if self._replica is not None:
+                self._on_replica(self._after, settings.read_max_lag)
+        self._loop = asyncio.get_running_loop()
         return self
 
     async def __aexit__(
@@ -85,66 +128,84 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        session = self._active_session()
+        self._check_active()
+        if _running_loop() is not self._loop:
+            # Its connection can't be used from here: close it (the server rolls the
+            # transaction back) rather than leave it open.
+            self._abandon()
+            raise PersistenceError(
+                "an async unit of work must end on the event loop that entered it: its "
+                "transaction was rolled back and its connection closed"
+            )
+        await _uninterrupted(self._end(exc_type is not None))
+
+    async def _end(self, failed: bool) -> None:
         try:
-            # An operation still running (one of two started at once, say) finishes
-            # first: the end of the block must not race it for the connection.
-            await _uninterrupted(self._idle.wait())
-            await _uninterrupted(self._step(session, self._end_on, exc_type is not None))
+            if not self._idle.is_set():
+                # An operation still running (one of two started at once, say) finishes
+                # first: the end of the block must not race it for the connection.
+                await self._idle.wait()
+            await self._step(self._end_steps(failed, aborted(self._connection)))
         finally:
+            await self._give_back()
             self._stop()
 
     @property
     def tasks(self) -> AsyncTaskRepository:
         """The task repository; raises `PersistenceError` outside an active block."""
-        self._active_session()
+        self._check_owner()
         return self._tasks
 
     async def commit(self) -> None:
         """Commit the work so far; the block goes on in a new transaction.
 
-        Raises a `PersistenceError` subclass if the commit fails (nothing is committed then),
-        or `CommitOutcomeUnknownError` if the connection was lost while COMMIT was in flight.
+        Raises as `UnitOfWork.commit` does (a COMMIT cut in flight is resolved).
         """
-        session = self._active_session()
-        await _uninterrupted(self._step(session, self._commit_on))
+        self._check_owner()
+        await _uninterrupted(self._step(self._commit_steps(aborted(self._connection))))
 
     async def rollback(self) -> None:
         """Discard the work since the last commit; the block goes on in a new transaction.
 
-        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        Raises `PersistenceError` outside an active block or inside a savepoint, or a
+        subclass if the server fails.
         """
-        await self._step(self._active_session(), self._rollback_on)
+        self._check_owner()
+        await self._step(self._rollback_steps())
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         """A SAVEPOINT: an exception inside undoes only the work inside, then propagates.
 
-        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        Raises `PersistenceError` outside an active block, or a subclass if the server
+        fails. `commit()` and `rollback()` inside it raise `PersistenceError`.
         """
-        session = self._active_session()
-        nested = await self._step(session, self._open_savepoint)
+        self._check_owner()
+        name = await self._step(self._open_savepoint_steps())
         try:
             yield
         except BaseException as exc:
-            if self._session is session:  # else the block already ended, and rolled back
-                await self._step(session, self._close_savepoint, nested, exc)
+            if self._active:  # else the block already ended, and rolled back
+                await self._step(self._close_savepoint_steps(name, exc, False))
             raise
-        if self._session is session:
-            await self._step(session, self._close_savepoint, nested, None)
+        if self._active:
+            await self._step(self._close_savepoint_steps(name, None, aborted(self._connection)))
 
     async def _run(self, operation: Operation[T]) -> T:
-        return await self._step(self._active_session(), self._run_on, operation)
+        self._check_owner()
+        return await self._step(self._run_steps(operation, aborted(self._connection)))
 
-    async def _step(
-        self,
-        session: AsyncSession,
-        step: Callable[Concatenate[Session, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        # The shared sync step runs in SQLAlchemy's greenlet, awaiting the driver there.
+    def _check_owner(self) -> None:
+        self._check_active()
+        if _running_loop() is not self._loop:
+            raise PersistenceError(
+                "an async unit of work belongs to the event loop that entered it: give each "
+                "thread and each event loop its own AsyncUnitOfWork"
+            )
+
+    async def _step(self, steps: Steps[T]) -> T:
         if self._busy:
+            steps.close()
             raise PersistenceError(
                 "this unit of work is already running an operation: await each one before "
                 "the next, and give each concurrent task its own AsyncUnitOfWork"
@@ -152,10 +213,120 @@ class AsyncUnitOfWork(UnitOfWorkBase[AsyncSession]):
         self._busy = True
         self._idle.clear()
         try:
-            return await session.run_sync(step, *args, **kwargs)
+            return await self._drive(steps)
         finally:
             self._busy = False
             self._idle.set()
+
+    # --- performing the steps' requests ------------------------------------------------
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        answer: Any = None
+        failure: BaseException | None = None
+        while True:
+            try:
+                request = steps.throw(failure) if failure is not None else steps.send(answer)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            answer, failure = None, None
+            try:
+                answer = await self._perform(request)
+            except BaseException as exc:  # handed to the steps, which decide
+                failure = exc
+
+    async def _perform(self, request: Request) -> Any:
+        if isinstance(request, Execute):
+            return await self._execute(request.batch)
+        if isinstance(request, Release):
+            return await self._give_back()
+        if isinstance(request, Reconnect):
+            assert self._pool is not None
+            await self._discard()
+            self._pool.invalidate()
+            return None
+        if isinstance(request, Reroute):
+            assert self._database is not None
+            assert self._replica is not None
+            self._database.set_aside(self._replica, request.reason, down=request.down)
+            await self._give_back()
+            self._pool, self._replica = self._database.primary, None
+            return None
+        assert isinstance(request, Resolve)
+        return await self._resolve(request.xid, request.delay)
+
+    async def _connected(self) -> psycopg.AsyncConnection[Any]:
+        if self._connection is None:
+            assert self._pool is not None
+            self._lease = await self._pool.getconn()
+            self._connection = self._lease.connection
+        return self._connection
+
+    async def _execute(self, batch: Batch) -> list[Any]:
+        connection = await self._connected()
+        lease = self._lease
+        idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if lease is not None and lease.fresh and idle:
+            lease.fresh = False
+            batch, added = with_session_setup(batch)
+            return (await _send(connection, batch))[added:]
+        return await _send(connection, batch)
+
+    async def _give_back(self) -> None:
+        lease, self._lease, self._connection = self._lease, None, None
+        if lease is not None and self._pool is not None:
+            try:
+                await self._pool.putconn(lease)
+            except Exception:  # closing a broken connection: never over the caller's
+                logger.warning("giving the connection back failed", exc_info=True)
+
+    async def _discard(self) -> None:
+        lease = self._lease
+        if lease is not None:
+            await lease.connection.close()
+        await self._give_back()
+
+    def _abandon(self) -> None:
+        lease, self._lease, self._connection = self._lease, None, None
+        if lease is not None and self._pool is not None:
+            self._pool.discard_now(lease)
+        self._stop()
+
+    async def _resolve(self, xid: str, delay: float) -> str | None:
+        assert self._database is not None
+        await asyncio.sleep(delay)
+        statement = statements.xact_status()
+        try:
+            connect = async_connector(self._database.primary_arguments)
+            async with await connect() as connection:
+                cursor = await connection.execute(statement.sql, statement.args({"xid": xid}))
+                row = await cursor.fetchone()
+        except (psycopg.Error, PersistenceError) as exc:
+            logger.warning("could not ask how transaction %s ended: %s", xid, exc)
+            return None
+        return None if row is None else str(row[0])
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # no loop running in this thread
+        return None
+
+
+async def _send(connection: psycopg.AsyncConnection[Any], batch: Batch) -> list[Any]:
+    """As the sync `_send`: one statement bound by the server, or several as one simple
+    query; the rows of each."""
+    sql, args, rows = batch[0] if len(batch) == 1 else multi_statement(batch)
+    cursor = connection.cursor() if len(batch) == 1 else psycopg.AsyncClientCursor(connection)
+    cursor.row_factory = rows or tuple_row
+    await cursor.execute(sql, args)
+    results = []
+    while True:
+        returned = cursor.pgresult is not None and cursor.pgresult.status == TUPLES_OK
+        results.append(await cursor.fetchall() if returned else None)
+        if not cursor.nextset():
+            return results
 
 
 async def _uninterrupted(work: Awaitable[T]) -> T:
@@ -220,6 +391,21 @@ class AsyncTaskRepository:
             operations.list_tasks(user_id=user_id, complete=complete, limit=limit, after=after)
         )
         return tasks
+
+    def iterate(
+        self, *, user_id: str, complete: bool | None = None, page_size: int = 1000
+    ) -> AsyncIterator[Task]:
+        """Walk all of `user_id`'s tasks newest first, a page at a time:
+        `async for task in uow.tasks.iterate(user_id=...)`. Arguments are checked now."""
+        next_page = operations.pages_of(user_id, complete, operations.page_size(page_size))
+        return self._pages(next_page)
+
+    async def _pages(self, next_page: operations.NextPage) -> AsyncIterator[Task]:
+        page: builtins.list[Task] | None = None
+        while (operation := next_page(page)) is not None:
+            page = await self._run(operation)
+            for task in page:
+                yield task
 
     async def count(self, *, user_id: str, complete: bool | None = None) -> int:
         """Return how many tasks `user_id` has (only those in state `complete`, if given)."""

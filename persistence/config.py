@@ -31,6 +31,16 @@ class Settings:
     """Where the embedded PostgreSQL keeps its data (relative to the working directory)."""
     test_database_url: str | None = None
     """`TEST_DATABASE_URL`: the server the test plugin makes its throwaway database on."""
+    pool_idle_timeout: float = 60.0
+    """Seconds a connection beyond `pool_size` may stay idle before it is closed."""
+    read_urls: tuple[str, ...] = ()
+    """`DATABASE_READ_URL`: read replicas (comma-separated) for read-only units of work."""
+    read_max_lag: float = 5.0
+    """Seconds behind the primary past which a replica is skipped for reads."""
+    timeout: float | None = None
+    """Default deadline of a unit of work, in seconds (`None`: none)."""
+    idle_in_transaction_timeout: float | None = 60.0
+    """Seconds a transaction may sit idle before the server ends it (`None`: unbounded)."""
 
     def __repr__(self) -> str:
         # The URL carries the password: never print it.
@@ -40,7 +50,10 @@ class Settings:
             f"Settings(database_url=<{shown}>, pool_size={self.pool_size}, "
             f"max_overflow={self.max_overflow}, pool_timeout={self.pool_timeout}, "
             f"pool_recycle={self.pool_recycle}, connect_timeout={self.connect_timeout}, "
-            f"embedded_dir={str(self.embedded_dir)!r}, test_database_url=<{test}>)"
+            f"embedded_dir={str(self.embedded_dir)!r}, test_database_url=<{test}>, "
+            f"pool_idle_timeout={self.pool_idle_timeout}, read_urls=<{len(self.read_urls)}>, "
+            f"read_max_lag={self.read_max_lag}, timeout={self.timeout}, "
+            f"idle_in_transaction_timeout={self.idle_in_transaction_timeout})"
         )
 
 
@@ -62,6 +75,26 @@ def _number(read: AutoConfig, name: str, default: float, low: float, *, whole: b
     return value
 
 
+def _seconds_or_none(read: AutoConfig, name: str, default: float | None) -> float | None:
+    raw = str(read(name, default="" if default is None else str(default))).strip()
+    if raw in {"", "0", "none", "None", "off"}:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds (or 0 / empty for none), got {raw!r}"
+        ) from None
+    if value < 0:
+        raise ConfigurationError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _read_urls(read: AutoConfig) -> tuple[str, ...]:
+    raw = str(read("DATABASE_READ_URL", default=""))
+    return tuple(url.strip() for url in raw.split(",") if url.strip())
+
+
 def load_settings(search_path: Path | None = None) -> Settings:
     """Read the settings now (environment first, then `.env` in `search_path` or the cwd).
 
@@ -80,5 +113,12 @@ def load_settings(search_path: Path | None = None) -> Settings:
         connect_timeout=int(_number(read, "PERSISTENCE_CONNECT_TIMEOUT", 10, 1, whole=True)),
         embedded_dir=Path(
             os.path.expanduser(read("PERSISTENCE_EMBEDDED_DIR", default=".persistence/pgdata"))
+        ),
+        pool_idle_timeout=_number(read, "PERSISTENCE_POOL_IDLE_TIMEOUT", 60.0, 0.0, whole=False),
+        read_urls=_read_urls(read),
+        read_max_lag=_number(read, "PERSISTENCE_READ_MAX_LAG", 5.0, 0.0, whole=False),
+        timeout=_seconds_or_none(read, "PERSISTENCE_TIMEOUT", None),
+        idle_in_transaction_timeout=_seconds_or_none(
+            read, "PERSISTENCE_IDLE_IN_TRANSACTION_TIMEOUT", 60.0
         ),
     )

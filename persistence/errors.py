@@ -17,6 +17,7 @@ __all__ = [
     "ConnectionLostError",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "DeadlineExceededError",
     "IntegrityViolationError",
     "PersistenceError",
     "PoolTimeoutError",
@@ -97,6 +98,12 @@ class CommitOutcomeUnknownError(ConnectionLostError):
     """
 
 
+class DeadlineExceededError(DatabaseError, TimeoutError):
+    """A statement ran past the unit of work's deadline, or waited that long for a lock
+    (SQLSTATE 57014, 55P03); the server cancelled it. The transaction is aborted: end the
+    unit of work (an exception out of the block rolls it back)."""
+
+
 class AuthenticationError(DatabaseUnavailableError):
     """The server refused the credentials (SQLSTATE class 28); retrying will not help."""
 
@@ -131,6 +138,9 @@ def scrub(text: str) -> str:
             )
     return text
 
+
+# statement_timeout (query_canceled) and lock_timeout (lock_not_available).
+_DEADLINE = {"57014", "55P03"}
 
 # SQLSTATEs that mean the connection itself is gone (server shutdown, admin termination,
 # crash), beside the whole of class 08 (connection exception).
@@ -205,6 +215,11 @@ def translate(exc: BaseException, action: str, *, connecting: bool = False) -> P
         )
     elif state in {"40001", "40P01"}:
         error = TransactionConflictError(f"{action}: transaction conflict ({state}): {detail}")
+    elif state in _DEADLINE:
+        error = DeadlineExceededError(
+            f"{action}: past the unit of work's deadline, the server cancelled it "
+            f"({state}): {detail}"
+        )
     elif state is not None and state.startswith("23"):
         error = IntegrityViolationError(f"{action}: constraint violated ({state}): {detail}")
     elif connecting:

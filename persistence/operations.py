@@ -1,4 +1,4 @@
-"""Each repository operation, written once: validate, build the statement, read the result.
+"""Each repository operation, written once: validate, pick the statement, read the rows.
 
 The sync and async units of work differ only in how they run an `Operation`; what is sent
 and what comes back is decided here.
@@ -6,15 +6,14 @@ and what comes back is decided here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from sqlalchemy import Executable, Result
-
 from persistence import statements
-from persistence.errors import TaskNotFoundError
+from persistence.errors import TaskNotFoundError, TaskValidationError
 from persistence.models import (
+    LIST_LIMIT_MAX,
     Task,
     TaskChanges,
     TaskCreate,
@@ -22,13 +21,17 @@ from persistence.models import (
     check_flag,
     check_items,
     check_limit,
+    check_page_size,
     check_task_id,
     check_user_id,
     validate,
 )
+from persistence.rows import TaskRows
+from persistence.statements import Statement
 
 __all__ = [
     "UNSET",
+    "NextPage",
     "Operation",
     "count_tasks",
     "create_task",
@@ -36,11 +39,15 @@ __all__ = [
     "delete_task",
     "get_task",
     "list_tasks",
+    "page_size",
+    "pages_of",
     "toggle_task",
     "update_task",
 ]
 
 T = TypeVar("T")
+
+Rows = list[Any]
 
 
 class _Unset:
@@ -53,23 +60,28 @@ class _Unset:
 UNSET: Final = _Unset()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Operation(Generic[T]):
-    """A validated request: the statement to send and how to read its result."""
+    """A validated request: the statement to send, its parameters, and how to read it."""
 
     action: str
     """What is being done, for error messages ("creating a task")."""
-    statement: Executable | None
+    statement: Statement | None
     """`None` when the answer is known without asking (an id that cannot exist)."""
-    read: Callable[[Result[Any] | None], T]
+    args: tuple[Any, ...]
+    """The statement's parameters, in order."""
+    read: Callable[[Rows | None], T]
+    """The answer, from the rows the statement returned."""
+    rows: TaskRows | None = None
+    """How psycopg builds each row: a `Task` of the user, or a plain tuple (`None`)."""
     writes: bool = False
-    """Whether the statement changes data (so a lost COMMIT leaves its outcome unknown)."""
+    """Whether the statement changes data (it begins the transaction)."""
     request: tuple[str, dict[str, Any]] = ("", {})
     """The same request as plain validated values, for the in-memory fake unit of work."""
 
 
 def _known(action: str, answer: Callable[[], T]) -> Operation[T]:
-    return Operation(action, None, lambda _result: answer())
+    return Operation(action, None, (), lambda _rows: answer())
 
 
 def _not_found(user_id: str, task_id: object) -> Callable[[], Any]:
@@ -79,32 +91,44 @@ def _not_found(user_id: str, task_id: object) -> Callable[[], Any]:
     return raise_it
 
 
-def _one_task_or_not_found(user_id: str, task_id: object) -> Callable[[Result[Any] | None], Task]:
-    def read(result: Result[Any] | None) -> Task:
-        task = result.scalars().first() if result is not None else None
-        if task is None:
+def _one_task_or_not_found(user_id: str, task_id: object) -> Callable[[Rows | None], Task]:
+    def read(rows: Rows | None) -> Task:
+        if not rows:
             raise TaskNotFoundError(user_id=user_id, task_id=task_id)
-        assert isinstance(task, Task)
+        task: Task = rows[0]
         return task
 
     return read
 
 
+def _first_task(rows: Rows | None) -> Task:
+    assert rows
+    task: Task = rows[0]
+    return task
+
+
+def _first_or_none(rows: Rows | None) -> Task | None:
+    return rows[0] if rows else None
+
+
+def _all(rows: Rows | None) -> list[Task]:
+    return rows if rows is not None else []
+
+
 def create_task(*, user_id: object, title: object, description: object) -> Operation[Task]:
     """INSERT one task after validating every field."""
     data = validate(TaskCreate, {"user_id": user_id, "title": title, "description": description})
-    values = data.model_dump()
-    statement = statements.insert_task(values)
+    statement = statements.insert_task()
+    args = (data.user_id, data.title, data.description)
     return Operation(
-        "creating a task", statement, _first_task, writes=True, request=("create", values)
+        "creating a task",
+        statement,
+        args,
+        _first_task,
+        TaskRows(data.user_id),
+        writes=True,
+        request=("create", data.model_dump()),
     )
-
-
-def _first_task(result: Result[Any] | None) -> Task:
-    assert result is not None
-    task = result.scalar_one()
-    assert isinstance(task, Task)
-    return task
 
 
 def get_task(*, user_id: object, task_id: object) -> Operation[Task | None]:
@@ -115,8 +139,10 @@ def get_task(*, user_id: object, task_id: object) -> Operation[Task | None]:
         return _known("reading a task", lambda: None)
     return Operation(
         "reading a task",
-        statements.select_task(user, found_id),
-        lambda result: result.scalars().first() if result is not None else None,
+        statements.select_task(),
+        (user, found_id),
+        _first_or_none,
+        TaskRows(user),
         request=("get", {"user_id": user, "task_id": found_id}),
     )
 
@@ -124,14 +150,15 @@ def get_task(*, user_id: object, task_id: object) -> Operation[Task | None]:
 def create_tasks(*, user_id: object, items: object) -> Operation[list[Task]]:
     """INSERT many tasks in one statement, after validating every one of them."""
     user = check_user_id(user_id)
-    rows = check_items(items)
-    if not rows:
+    titles, descriptions = check_items(items)
+    if not titles:
         return _known("creating tasks", list)
-    titles, descriptions = [row.title for row in rows], [row.description for row in rows]
     return Operation(
         "creating tasks",
-        statements.insert_tasks(user, titles, descriptions),
-        lambda result: list(result.scalars().all()) if result is not None else [],
+        statements.insert_tasks(),
+        (user, titles, descriptions),
+        _all,
+        TaskRows(user),
         writes=True,
         request=("create_many", {"user_id": user, "titles": titles, "descriptions": descriptions}),
     )
@@ -140,19 +167,45 @@ def create_tasks(*, user_id: object, items: object) -> Operation[list[Task]]:
 def list_tasks(
     *, user_id: object, complete: object, limit: object, after: object = None
 ) -> Operation[list[Task]]:
-    """SELECT a user's tasks, newest first; `after` continues from a previous page."""
+    """SELECT a user's tasks, newest first; `after` continues from a previous page.
+
+    `limit=None` means all of them: at most `LIST_LIMIT_MAX`, and `TaskValidationError`
+    (naming `limit`) when there are more, never a silently cut list.
+    """
     user = check_user_id(user_id)
     flag = check_flag("complete", complete, optional=True)
     cap = check_limit(limit)
     position = check_after(after)
+    statement = statements.select_tasks(complete=flag is not None, limit=True, after=bool(position))
+    args: list[Any] = [user]
+    if flag is not None:
+        args.append(flag)
+    if position is not None:
+        args.extend(position)
+    # For "all", one row more than the most allowed tells whether there are more.
+    args.append(LIST_LIMIT_MAX + 1 if cap is None else cap)
     return Operation(
         "listing tasks",
-        statements.select_tasks(user, flag, cap, position),
-        lambda result: list(result.scalars().all()) if result is not None else [],
-        request=(
-            "list",
-            {"user_id": user, "complete": flag, "limit": cap, "after": position},
-        ),
+        statement,
+        tuple(args),
+        _all if cap is not None else _at_most_the_maximum,
+        TaskRows(user),
+        request=("list", {"user_id": user, "complete": flag, "limit": cap, "after": position}),
+    )
+
+
+def _at_most_the_maximum(rows: Rows | None) -> list[Task]:
+    if rows is not None and len(rows) > LIST_LIMIT_MAX:
+        raise too_many_tasks()
+    return _all(rows)
+
+
+def too_many_tasks() -> TaskValidationError:
+    """The error for `limit=None` when the user has more tasks than one list may hold."""
+    return TaskValidationError(
+        "limit",
+        f"None asks for all of them, and there are more than {LIST_LIMIT_MAX}: walk them "
+        "with iterate(), or page with limit= and after=",
     )
 
 
@@ -160,10 +213,12 @@ def count_tasks(*, user_id: object, complete: object) -> Operation[int]:
     """SELECT count(*) of a user's tasks."""
     user = check_user_id(user_id)
     flag = check_flag("complete", complete, optional=True)
+    args = (user,) if flag is None else (user, flag)
     return Operation(
         "counting tasks",
-        statements.count_tasks(user, flag),
-        lambda result: int(result.scalar_one()) if result is not None else 0,
+        statements.count_tasks(complete=flag is not None),
+        args,
+        lambda rows: int(rows[0][0]) if rows else 0,
         request=("count", {"user_id": user, "complete": flag}),
     )
 
@@ -179,10 +234,14 @@ def update_task(
     found_id = check_task_id(task_id)
     if found_id is None:
         return _known("updating a task", _not_found(user, task_id))
+    statement = statements.update_task(frozenset(changes))
+    args = statement.args({**changes, "user_id": user, "task_id": found_id})
     return Operation(
         "updating a task",
-        statements.update_task(user, found_id, changes),
+        statement,
+        args,
         _one_task_or_not_found(user, task_id),
+        TaskRows(user),
         writes=True,
         request=("update", {"user_id": user, "task_id": found_id, "changes": changes}),
     )
@@ -194,10 +253,13 @@ def toggle_task(*, user_id: object, task_id: object) -> Operation[Task]:
     found_id = check_task_id(task_id)
     if found_id is None:
         return _known("toggling a task", _not_found(user, task_id))
+    statement = statements.toggle_task()
     return Operation(
         "toggling a task",
-        statements.toggle_task(user, found_id),
+        statement,
+        statement.args({"user_id": user, "task_id": found_id}),
         _one_task_or_not_found(user, task_id),
+        TaskRows(user),
         writes=True,
         request=("toggle", {"user_id": user, "task_id": found_id}),
     )
@@ -210,14 +272,39 @@ def delete_task(*, user_id: object, task_id: object) -> Operation[None]:
     if found_id is None:
         return _known("deleting a task", _not_found(user, task_id))
 
-    def read(result: Result[Any] | None) -> None:
-        if result is None or result.first() is None:
+    def read(rows: Rows | None) -> None:
+        if not rows:
             raise TaskNotFoundError(user_id=user, task_id=task_id)
 
     return Operation(
         "deleting a task",
-        statements.delete_task(user, found_id),
+        statements.delete_task(),
+        (user, found_id),
         read,
         writes=True,
         request=("delete", {"user_id": user, "task_id": found_id}),
     )
+
+
+def page_size(value: object) -> int:
+    """Validate `iterate()`'s page size (1 to `LIST_LIMIT_MAX`)."""
+    return check_page_size(value)
+
+
+NextPage = Callable[[Sequence[Task] | None], "Operation[list[Task]] | None"]
+
+
+def pages_of(user_id: object, complete: object, size: int) -> NextPage:
+    """The operations that walk a user's tasks a page at a time: call it with the previous
+    page (`None` first); it gives the next page's operation, or `None` when done."""
+    user = check_user_id(user_id)
+    flag = check_flag("complete", complete, optional=True)
+
+    def next_page(previous: Sequence[Task] | None) -> Operation[list[Task]] | None:
+        if previous is None:
+            return list_tasks(user_id=user, complete=flag, limit=size)
+        if len(previous) < size:
+            return None
+        return list_tasks(user_id=user, complete=flag, limit=size, after=previous[-1])
+
+    return next_page

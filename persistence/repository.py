@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from persistence import operations
@@ -70,14 +70,35 @@ class TaskRepository:
     ) -> builtins.list[Task]:
         """Return `user_id`'s tasks newest first (by `created_at`, then `id`), at most `limit`.
 
-        `complete=True` or `False` keeps only tasks in that state; `limit=None` means no cap.
-        `after=<the last Task of the previous page>` returns the next page (keyset
-        pagination: page 200 costs what page 1 does). Raises `TaskValidationError` for a bad
-        argument.
+        `complete=True` or `False` keeps only tasks in that state. `limit` is capped at
+        `LIST_LIMIT_MAX` (100,000); `limit=None` means all of them, and raises
+        `TaskValidationError` (naming `limit`) if there are more than `LIST_LIMIT_MAX`:
+        walk those with `iterate()`. `after=<the last Task of the previous page>` returns
+        the next page (keyset pagination: page 200 costs what page 1 does). Raises
+        `TaskValidationError` for a bad argument.
         """
         return self._run(
             operations.list_tasks(user_id=user_id, complete=complete, limit=limit, after=after)
         )
+
+    def iterate(
+        self, *, user_id: str, complete: bool | None = None, page_size: int = 1000
+    ) -> Iterator[Task]:
+        """Walk all of `user_id`'s tasks newest first, `page_size` at a time (one keyset
+        page per query, in this unit of work): memory stays one page, however many.
+
+        Arguments are checked now: `TaskValidationError` for a bad one. Each page is read
+        when the iteration reaches it, so tasks committed meanwhile by others may or may
+        not appear (none appears twice, none present throughout is missed).
+        """
+        next_page = operations.pages_of(user_id, complete, operations.page_size(page_size))
+        return self._pages(next_page)
+
+    def _pages(self, next_page: operations.NextPage) -> Iterator[Task]:
+        page: builtins.list[Task] | None = None
+        while (operation := next_page(page)) is not None:
+            page = self._run(operation)
+            yield from page
 
     def count(self, *, user_id: str, complete: bool | None = None) -> int:
         """Return how many tasks `user_id` has (only those in state `complete`, if given).

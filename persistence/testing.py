@@ -44,7 +44,6 @@ from persistence.database import (
     dispose_engine,
     init_db,
     normalize_url,
-    transaction_options,
 )
 from persistence.errors import PersistenceError
 from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
@@ -135,10 +134,8 @@ def persistence_connection(persistence_database: TestDatabase) -> Iterator[Conne
     While it lives, `UnitOfWork()` with no `bind` (in the code under test, say) joins it
     too, so it sees what `task_factory` made and its work is undone with the test's.
     """
-    with persistence_database.engine.connect() as plain:
-        # Begun with the first statement, like a unit of work's, and never committed.
-        connection = plain.execution_options(**transaction_options(eager=True))
-        outer = connection.begin()
+    with persistence_database.engine.connect() as connection:
+        outer = connection.begin()  # never committed
         default_binds["sync"] = connection
         try:
             yield connection
@@ -167,8 +164,7 @@ if pytest_asyncio is not None:
             create_async_engine, persistence_database.url, pool_size=1, max_overflow=0
         )
         try:
-            async with engine.connect() as plain:
-                connection = await plain.execution_options(**transaction_options(eager=True))
+            async with engine.connect() as connection:
                 await connection.begin()
                 default_binds["async"] = connection  # `AsyncUnitOfWork()` joins it too
                 try:

@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
+import psycopg
+from psycopg.rows import tuple_row
 from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session
 
+from persistence import statements
+from persistence.connections import Database, Replica, connector, database_of
 from persistence.database import get_engine
 from persistence.errors import PersistenceError
 from persistence.operations import Operation
+from persistence.pool import ConnectionPool, Lease
 from persistence.repository import TaskRepository
-from persistence.unit_of_work_base import ISOLATION_LEVELS, UnitOfWorkBase, default_binds
+from persistence.unit_of_work_base import (
+    ISOLATION_LEVELS,
+    Batch,
+    Execute,
+    Reconnect,
+    Release,
+    Request,
+    Reroute,
+    Resolve,
+    Steps,
+    UnitOfWorkBase,
+    aborted,
+    deadlines,
+    default_binds,
+    multi_statement,
+    with_session_setup,
+)
 
 __all__ = ["ISOLATION_LEVELS", "UnitOfWork"]
+
+logger = logging.getLogger("persistence.unit_of_work")
+
+TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 
 T = TypeVar("T")
 
 
-class UnitOfWork(UnitOfWorkBase[Session]):
+class UnitOfWork(UnitOfWorkBase):
     """One atomic piece of work: `with UnitOfWork() as uow:` then `uow.tasks`.
 
     A clean exit commits; an exception rolls back everything since the last commit and
@@ -36,11 +62,14 @@ class UnitOfWork(UnitOfWorkBase[Session]):
 
     `bind` is an `Engine` (default: the one built from `DATABASE_URL`) or a `Connection`
     already in a transaction, which the unit of work joins with savepoints (for tests).
-    Raises `TaskValidationError` for an unknown `isolation_level`.
+    `read_only=True` reads from a read replica when `DATABASE_READ_URL` names some; with
+    `after=<a causal token>` only from one that has replayed that far (else the primary).
+    `timeout` (seconds; default `PERSISTENCE_TIMEOUT`) bounds every statement and lock
+    wait: past it the server cancels the statement (`DeadlineExceededError`). Raises
+    `TaskValidationError` for an unknown `isolation_level` or a bad `timeout` / `after`.
     """
 
     _block = "with UnitOfWork() as uow:"
-    _wrong_owner = ""  # any thread may use it, one operation at a time
 
     def __init__(
         self,
@@ -48,31 +77,39 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         *,
         isolation_level: str | None = None,
         read_only: bool = False,
+        timeout: float | None = None,
+        after: str | None = None,
     ) -> None:
-        super().__init__(bind, isolation_level=isolation_level, read_only=read_only)
+        super().__init__(
+            isolation_level=isolation_level, read_only=read_only, timeout=timeout, after=after
+        )
+        self._bind = bind
         self._operation = threading.Lock()
         self._tasks = TaskRepository(self._run)
-
-    @staticmethod
-    def _current_owner() -> object:
-        return None  # not tied to a thread: `_one_at_a_time` guards each operation
-
-    @contextmanager
-    def _one_at_a_time(self) -> Iterator[Session]:
-        session = self._active_session()
-        if not self._operation.acquire(blocking=False):
-            raise PersistenceError(
-                "this unit of work is running an operation on another thread: run its "
-                "operations one after another, or give each thread its own UnitOfWork"
-            )
-        try:
-            yield session
-        finally:
-            self._operation.release()
+        self._database: Database[ConnectionPool] | None = None
+        self._pool: ConnectionPool | None = None
+        self._replica: Replica[ConnectionPool] | None = None
+        self._lease: Lease[psycopg.Connection[Any]] | None = None
+        self._connection: psycopg.Connection[Any] | None = None
 
     def __enter__(self) -> Self:
         bind = self._bind if self._bind is not None else default_binds["sync"] or get_engine()
-        self._start(self._new_session(Session, bind, joined=isinstance(bind, Connection)))
+        if isinstance(bind, Connection):
+            raw = bind.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            self._start(joined=True, deadlines=deadlines(None, None))
+            self._connection = raw
+            return self
+        database: Database[ConnectionPool] = database_of(bind)
+        settings = database.settings
+        timeout = self._timeout if self._timeout is not None else settings.timeout
+        self._start(
+            joined=False, deadlines=deadlines(timeout, settings.idle_in_transaction_timeout)
+        )
+        self._database = database
+        self._pool, self._replica = database.pool_for(self._read_only)
+        if self._replica is not None:
+            self._on_replica(self._after, settings.read_max_lag)
         return self
 
     def __exit__(
@@ -81,58 +118,173 @@ class UnitOfWork(UnitOfWorkBase[Session]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        session = self._active_session()
+        self._check_active()
         # An operation still running on another thread finishes first: the end of the
         # block must not race it for the connection. Then the block always ends here:
         # committed or rolled back, and the connection given back.
         with self._operation:
             try:
-                self._end_on(session, failed=exc_type is not None)
+                self._drive(self._end_steps(exc_type is not None, aborted(self._connection)))
             finally:
+                self._give_back()
                 self._stop()
 
     @property
     def tasks(self) -> TaskRepository:
         """The task repository; raises `PersistenceError` outside an active `with` block."""
-        self._active_session()
+        self._check_active()
         return self._tasks
 
     def commit(self) -> None:
         """Commit the work so far; the block goes on in a new transaction.
 
-        Raises a `PersistenceError` subclass if the commit fails (nothing is committed then),
-        or `CommitOutcomeUnknownError` if the connection was lost while COMMIT was in flight.
+        Raises a `PersistenceError` subclass if the commit fails (nothing is committed
+        then). If the connection is lost while COMMIT is in flight, the server is asked
+        how it ended: committed, this returns; rolled back, `ConnectionLostError`;
+        unknown, `CommitOutcomeUnknownError`.
         """
-        with self._one_at_a_time() as session:
-            self._commit_on(session)
+        with self._one_at_a_time():
+            self._drive(self._commit_steps(aborted(self._connection)))
 
     def rollback(self) -> None:
         """Discard the work since the last commit; the block goes on in a new transaction.
 
-        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        Raises `PersistenceError` outside an active block or inside a savepoint, or a
+        subclass if the server fails.
         """
-        with self._one_at_a_time() as session:
-            self._rollback_on(session)
+        with self._one_at_a_time():
+            self._drive(self._rollback_steps())
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A SAVEPOINT: an exception inside undoes only the work inside, then propagates.
 
-        Raises `PersistenceError` outside an active block, or a subclass if the server fails.
+        Raises `PersistenceError` outside an active block, or a subclass if the server
+        fails. `commit()` and `rollback()` inside it raise `PersistenceError`.
         """
-        with self._one_at_a_time() as session:
-            nested = self._open_savepoint(session)
+        with self._one_at_a_time():
+            name = self._drive(self._open_savepoint_steps())
         try:
             yield
         except BaseException as exc:
-            if self._session is session:  # else the block already ended, and rolled back
+            if self._active:  # else the block already ended, and rolled back
                 with self._one_at_a_time():
-                    self._close_savepoint(session, nested, exc)
+                    self._drive(self._close_savepoint_steps(name, exc, False))
             raise
-        if self._session is session:
+        if self._active:
             with self._one_at_a_time():
-                self._close_savepoint(session, nested, None)
+                self._drive(self._close_savepoint_steps(name, None, aborted(self._connection)))
 
     def _run(self, operation: Operation[T]) -> T:
-        with self._one_at_a_time() as session:
-            return self._run_on(session, operation)
+        with self._one_at_a_time():
+            return self._drive(self._run_steps(operation, aborted(self._connection)))
+
+    @contextmanager
+    def _one_at_a_time(self) -> Iterator[None]:
+        self._check_active()
+        if not self._operation.acquire(blocking=False):
+            raise PersistenceError(
+                "this unit of work is running an operation on another thread: run its "
+                "operations one after another, or give each thread its own UnitOfWork"
+            )
+        try:
+            yield
+        finally:
+            self._operation.release()
+
+    # --- performing the steps' requests ------------------------------------------------
+
+    def _drive(self, steps: Steps[T]) -> T:
+        answer: Any = None
+        failure: BaseException | None = None
+        while True:
+            try:
+                request = steps.throw(failure) if failure is not None else steps.send(answer)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            answer, failure = None, None
+            try:
+                answer = self._perform(request)
+            except BaseException as exc:  # handed to the steps, which decide
+                failure = exc
+
+    def _perform(self, request: Request) -> Any:
+        if isinstance(request, Execute):
+            return self._execute(request.batch)
+        if isinstance(request, Release):
+            return self._give_back()
+        if isinstance(request, Reconnect):
+            assert self._pool is not None
+            self._discard()
+            self._pool.invalidate()
+            return None
+        if isinstance(request, Reroute):
+            assert self._database is not None
+            assert self._replica is not None
+            self._database.set_aside(self._replica, request.reason, down=request.down)
+            self._give_back()
+            self._pool, self._replica = self._database.primary, None
+            return None
+        assert isinstance(request, Resolve)
+        return self._resolve(request.xid, request.delay)
+
+    def _connected(self) -> psycopg.Connection[Any]:
+        if self._connection is None:
+            assert self._pool is not None
+            self._lease = self._pool.getconn()
+            self._connection = self._lease.connection
+        return self._connection
+
+    def _execute(self, batch: Batch) -> list[Any]:
+        connection = self._connected()
+        lease = self._lease
+        idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if lease is not None and lease.fresh and idle:
+            lease.fresh = False
+            batch, added = with_session_setup(batch)
+            return (_send(connection, batch))[added:]
+        return _send(connection, batch)
+
+    def _give_back(self) -> None:
+        lease, self._lease, self._connection = self._lease, None, None
+        if lease is not None and self._pool is not None:
+            try:
+                self._pool.putconn(lease)
+            except Exception:  # closing a broken connection: never over the caller's
+                logger.warning("giving the connection back failed", exc_info=True)
+
+    def _discard(self) -> None:
+        lease = self._lease
+        if lease is not None:
+            lease.connection.close()
+        self._give_back()
+
+    def _resolve(self, xid: str, delay: float) -> str | None:
+        assert self._database is not None
+        time.sleep(delay)
+        statement = statements.xact_status()
+        try:
+            with connector(self._database.primary_arguments)() as connection:
+                row = connection.execute(statement.sql, statement.args({"xid": xid})).fetchone()
+        except (psycopg.Error, PersistenceError) as exc:
+            logger.warning("could not ask how transaction %s ended: %s", xid, exc)
+            return None
+        return None if row is None else str(row[0])
+
+
+def _send(connection: psycopg.Connection[Any], batch: Batch) -> list[Any]:
+    """Send the statements in one round trip; the rows of each (`None` for a statement
+    that returns none). One statement goes with its parameters bound by the server;
+    several go as one simple query, their parameters bound by psycopg (`multi_statement`
+    says why)."""
+    sql, args, rows = batch[0] if len(batch) == 1 else multi_statement(batch)
+    cursor = connection.cursor() if len(batch) == 1 else psycopg.ClientCursor(connection)
+    cursor.row_factory = rows or tuple_row
+    cursor.execute(sql, args)
+    results = []
+    while True:
+        returned = cursor.pgresult is not None and cursor.pgresult.status == TUPLES_OK
+        results.append(cursor.fetchall() if returned else None)
+        if not cursor.nextset():
+            return results

@@ -1,34 +1,60 @@
 """What `UnitOfWork` and `AsyncUnitOfWork` share: their state, their rules, and every step.
 
-Each step works on a SQLAlchemy `Session`. The sync unit of work calls it directly; the
-async one runs the very same step inside SQLAlchemy's greenlet (`AsyncSession.run_sync`),
-where each database call awaits the asyncio driver. So the two differ only in how they
-await: what is sent, when a transaction begins, when a failed first statement is sent
-again, and when a lost COMMIT leaves the outcome unknown are decided here, once.
+Each step is a generator that decides what to send and what the answer means, and
+yields the I/O it needs as a request (`Execute`, `Reconnect`, ...). `UnitOfWork` performs
+the requests on a psycopg connection; `AsyncUnitOfWork` awaits them on an async one. So
+when a transaction begins, what rides in one pipeline, when a failed first statement is
+sent again, how a lost COMMIT is resolved, and how a savepoint ends are decided here,
+once, and the two can't drift.
+
+The transaction is begun lazily: reads before the first write run in autocommit (under
+READ COMMITTED each statement takes a fresh snapshot anyway), and the first write
+carries BEGIN, and the transaction's set-up, in its own pipeline: BEGIN + the write cost
+one round trip, COMMIT another. With REPEATABLE READ or SERIALIZABLE the first statement
+of any kind begins it, so that every read shares the snapshot.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, ClassVar, Generic, TypeVar
+import re
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import psycopg
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, SessionTransaction
 
-from persistence.database import transaction_options
+from persistence import statements
 from persistence.errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
     DatabaseError,
+    DatabaseUnavailableError,
     PersistenceError,
-    driver_errors,
+    TaskValidationError,
+    is_disconnect,
+    translate,
 )
 from persistence.models import ISOLATION_LEVELS, check_flag, check_isolation_level
 from persistence.operations import Operation
+from persistence.rows import TaskRows
+from persistence.statements import Statement
 
-__all__ = ["ISOLATION_LEVELS", "UnitOfWorkBase", "default_binds"]
+__all__ = [
+    "ISOLATION_LEVELS",
+    "Batch",
+    "Deadlines",
+    "Execute",
+    "Release",
+    "Request",
+    "Reroute",
+    "Resolve",
+    "Steps",
+    "UnitOfWorkBase",
+    "default_binds",
+    "multi_statement",
+    "with_session_setup",
+]
 
 default_binds: dict[str, Any] = {"sync": None, "async": None}
 """What `UnitOfWork()` / `AsyncUnitOfWork()` with no `bind` use instead of the default
@@ -38,75 +64,183 @@ builds its own unit of work joins the test's connection and its rolled-back tran
 logger = logging.getLogger("persistence.unit_of_work")
 
 T = TypeVar("T")
-S = TypeVar("S")  # the session type: `Session`, or `AsyncSession` for the async unit of work
+
+Batch = tuple[tuple[str, tuple[Any, ...], TaskRows | None], ...]
+"""Statements sent in one pipeline: SQL, parameters, and how to build rows (or `None`)."""
 
 
-class UnitOfWorkBase(Generic[S]):
-    """The state of a unit of work and the steps it takes on a `Session`; no I/O of its own."""
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Send `batch` (one pipeline: one round trip) on the unit's connection, opening one
+    first if it has none; answer with each statement's rows (`None`: it returns none)."""
+
+    batch: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """The connection is dead: close it, mark the pool's connections suspect, and take a
+    fresh one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give the connection back (the pool closes it if it is broken)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """After `delay` seconds, ask on a new connection of its own how transaction `xid`
+    ended: `"committed"`, `"aborted"`, `"in progress"`, or `None` if it can't be asked."""
+
+    xid: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """The replica can't serve this unit of work (down, lagging, or behind its causal
+    token): give its connection back, and take one from the primary instead."""
+
+    reason: str
+    down: bool
+
+
+Request = Execute | Reconnect | Release | Resolve | Reroute
+Steps = Generator[Request, Any, T]
+
+_BEGIN, _IN_TRANSACTION = "begin", "in transaction"
+
+# How long to keep asking about a COMMIT cut in flight while the server still has it
+# "in progress" (its backend has not yet noticed the lost client), in seconds.
+RESOLVE_ATTEMPTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+_LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
+
+
+def check_after_token(after: object) -> str | None:
+    """Return a causal token (`"16/B374D848"`, as `uow.causal_token` gives) or `None`."""
+    if after is None:
+        return None
+    if not isinstance(after, str) or not _LSN.fullmatch(after.strip()):
+        raise TaskValidationError(
+            "after", f"must be a causal token like '16/B374D848' or None, got {after!r}"
+        )
+    return after.strip().upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """The server-side bounds a unit of work sets on its transaction, in milliseconds."""
+
+    statement: int | None = None
+    """`statement_timeout` and `lock_timeout`: the unit of work's `timeout`."""
+    idle_in_transaction: int | None = None
+    """`idle_in_transaction_session_timeout`: how long a transaction may sit idle."""
+
+    def settings(self, *, in_transaction: bool) -> dict[str, str]:
+        """The `SET LOCAL`s to send (none, when nothing is bounded)."""
+        found: dict[str, str] = {}
+        if self.statement is not None:
+            found["statement_timeout"] = found["lock_timeout"] = str(self.statement)
+        if in_transaction and self.idle_in_transaction is not None:
+            found["idle_in_transaction_session_timeout"] = str(self.idle_in_transaction)
+        return found
+
+
+def _setup(settings: dict[str, str], *, xid: bool) -> tuple[str, tuple[Any, ...], None]:
+    names = tuple(sorted(settings))
+    statement = statements.transaction_setup(xid=xid, settings=names)
+    return statement.sql, statement.args(settings), None
+
+
+def _plain(statement: Statement) -> tuple[str, tuple[Any, ...], None]:
+    return statement.sql, statement.args({}), None
+
+
+class UnitOfWorkBase:
+    """The state of a unit of work and the steps it takes; no I/O of its own."""
 
     _block: ClassVar[str]
     """How the unit of work is entered, for error messages."""
-    _wrong_owner: ClassVar[str]
-    """The error raised when it is used outside the thread (or loop) that entered it."""
 
-    def __init__(self, bind: Any, *, isolation_level: str | None, read_only: bool) -> None:
-        self._bind = bind
+    def __init__(
+        self,
+        *,
+        isolation_level: str | None,
+        read_only: bool,
+        timeout: float | None = None,
+        after: str | None = None,
+    ) -> None:
         self._isolation_level = check_isolation_level(isolation_level)
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
-        self._session: S | None = None
-        self._owner: object = None
-        # What the current transaction has done: any statement at all, and any write.
-        self._began = False
-        self._wrote = False
-        self._savepoints = 0  # how many `savepoint()` blocks are open
+        self._timeout = _check_timeout(timeout)
+        self._after = check_after_token(after)
+        self._active = False
+        self._joined = False
+        self._deadlines = Deadlines()
+        self._reset_transaction()
+        self._savepoints: list[str] = []
+        self._lost: PersistenceError | None = None
+        self._causal_token: str | None = None
+        self._replica_check: tuple[str | None, float] | None = None
 
     def __repr__(self) -> str:
-        state = "active" if self._session is not None else "inactive"
+        state = "active" if self._active else "inactive"
         return f"<{type(self).__name__} {state} isolation_level={self._isolation_level!r}>"
 
-    @staticmethod
-    def _current_owner() -> object:
-        """The thread (or event loop) using the unit of work now."""
-        raise NotImplementedError
+    @property
+    def causal_token(self) -> str | None:
+        """Where the primary's WAL stood after this unit of work's last commit that wrote
+        something (`"16/B374D848"`), or `None` if it committed no write.
 
-    def _new_session(self, session_class: Callable[..., S], bind: Any, *, joined: bool) -> S:
-        if joined:
-            # The caller's transaction stays open: our commits become savepoint releases.
-            return session_class(
-                bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint"
-            )
-        engine = bind.execution_options(
-            **transaction_options(isolation_level=self._isolation_level, read_only=self._read_only)
-        )
-        # expire_on_commit=False: results stay readable after the block, with no lazy loads.
-        return session_class(bind=engine, expire_on_commit=False, autoflush=False)
+        Give it to a later read-only unit of work, `UnitOfWork(read_only=True,
+        after=token)`, even in another process or request (it is a plain string, fit for
+        a cookie or a header): that one reads from a replica only if the replica has
+        replayed at least this far, else from the primary, so it never misses this write.
+        """
+        return self._causal_token
 
-    def _start(self, session: S) -> None:
-        if self._session is not None:
+    # --- state ------------------------------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self._state: str | None = None  # None, _BEGIN (being begun) or _IN_TRANSACTION
+        self._began = False  # a statement was sent since the last commit or rollback
+        self._wrote = False  # a write was sent in the current transaction
+        self._xid: str | None = None
+
+    def _start(self, *, joined: bool, deadlines: Deadlines) -> None:
+        if self._active:
             raise PersistenceError(
                 f"this unit of work is already active; use a new {type(self).__name__}"
             )
-        self._session = session
-        self._owner = self._current_owner()
-        self._began = self._wrote = False
-        self._savepoints = 0
+        self._active = True
+        self._joined = joined
+        # Joined to the caller's transaction, whose settings are the caller's own.
+        self._deadlines = Deadlines() if joined else deadlines
+        self._reset_transaction()
+        self._savepoints = []
+        self._lost = None
+        self._causal_token = None
+        self._replica_check = None
+
+    def _on_replica(self, token: str | None, max_lag: float) -> None:
+        """The unit's connection comes from a replica: its first statement checks, in the
+        same pipeline, that the replica is within `max_lag` seconds and has replayed
+        `token` (the caller's causal token, if any)."""
+        self._replica_check = (token, max_lag)
 
     def _stop(self) -> None:
-        self._session = None
-        self._owner = None
+        self._active = False
+        self._reset_transaction()
+        self._savepoints = []
 
-    def _active_session(self) -> S:
-        if self._session is None:
+    def _check_active(self) -> None:
+        if not self._active:
             raise PersistenceError(
                 "this unit of work is not active: use uow.tasks, commit(), rollback() and "
                 f"savepoint() inside `{self._block}`"
             )
-        if self._owner != self._current_owner():
-            raise PersistenceError(self._wrong_owner)
-        return self._session
-
-    # The steps, each on a sync `Session` (for the async unit of work: its `sync_session`,
-    # inside the greenlet).
 
     def _not_in_a_savepoint(self, action: str) -> None:
         if self._savepoints:
@@ -115,93 +249,277 @@ class UnitOfWorkBase(Generic[S]):
                 "transaction half-way; leave the savepoint block first"
             )
 
-    def _run_on(self, session: Session, operation: Operation[T]) -> T:
+    @property
+    def _snapshot(self) -> bool:
+        return self._isolation_level in {"REPEATABLE READ", "SERIALIZABLE"}
+
+    def _begin_sql(self) -> str:
+        if self._joined:
+            # Joined to a caller's transaction (the test kit): ours is a savepoint in it.
+            return "SAVEPOINT persistence_unit_of_work"
+        begin = "BEGIN"
+        if self._isolation_level is not None:
+            begin += f" ISOLATION LEVEL {self._isolation_level}"
+        if self._read_only:
+            begin += " READ ONLY"
+        return begin
+
+    def _commit_sql(self) -> str:
+        return "RELEASE SAVEPOINT persistence_unit_of_work" if self._joined else "COMMIT"
+
+    def _rollback_batch(self) -> Batch:
+        if self._joined:
+            return (
+                ("ROLLBACK TO SAVEPOINT persistence_unit_of_work", (), None),
+                ("RELEASE SAVEPOINT persistence_unit_of_work", (), None),
+            )
+        return (("ROLLBACK", (), None),)
+
+    # --- the steps ----------------------------------------------------------------------
+
+    def _run_steps(self, operation: Operation[T], aborted: bool) -> Steps[T]:
+        """Send one operation's statement, beginning the transaction if it must."""
         if operation.statement is None:
             return operation.read(None)
-        statement = operation.statement
-        if self._began and _aborted(session):
-            raise _aborted_error(operation.action)
-        value = self._first_or_replayed(
-            session, operation.action, lambda: operation.read(session.execute(statement))
-        )
+        self._usable(operation.action, aborted)
+        statement = (operation.statement.sql, operation.args, operation.rows)
+        batch, setup_at = self._with_transaction(statement, writes=operation.writes)
+        results = yield from self._send(operation.action, batch)
+        if setup_at is not None and operation.writes and not self._joined:
+            self._xid = results[setup_at][0][0]
         self._wrote = self._wrote or operation.writes
-        # Every result is a snapshot: detached, so a later update can't change a Task the
-        # caller holds and setting its attributes can't write behind validation's back.
-        session.expunge_all()
-        return value
+        return operation.read(results[-1])
 
-    def _first_or_replayed(self, session: Session, action: str, send: Callable[[], T]) -> T:
+    def _with_transaction(
+        self, statement: tuple[str, tuple[Any, ...], TaskRows | None], *, writes: bool
+    ) -> tuple[Batch, int | None]:
+        """`statement` with what must ride in front of it: BEGIN and the transaction's
+        set-up when it begins one, the capture of the transaction's id when it is the
+        first write, the deadline before a read outside a transaction."""
+        settings = self._deadlines.settings(in_transaction=True)
+        if self._state is None and (writes or self._snapshot):
+            self._state = _BEGIN
+            wants_xid = writes and not self._joined
+            if self._joined or not (settings or wants_xid):
+                return ((self._begin_sql(), (), None), statement), None
+            return ((self._begin_sql(), (), None), _setup(settings, xid=wants_xid), statement), 1
+        if writes and self._xid is None and self._state is not None and not self._joined:
+            return (_setup({}, xid=True), statement), 0
+        if self._state is None and self._deadlines.statement is not None:
+            # Outside a transaction: `SET LOCAL` in the same pipeline lasts for the
+            # implicit transaction the read runs in, and ends with it.
+            reads = self._deadlines.settings(in_transaction=False)
+            return (_setup(reads, xid=False), statement), None
+        return (statement,), None
+
+    def _usable(self, action: str, aborted: bool) -> None:
+        if self._lost is not None:
+            raise ConnectionLostError(
+                f"{action}: the database connection was lost earlier in this unit of work; "
+                "nothing since the last commit was committed"
+            ) from self._lost
+        if aborted:
+            raise _aborted_error(action, "roll back first (or leave the block)")
+
+    def _send(self, action: str, batch: Batch) -> Steps[list[Any]]:
+        """Send `batch`. A dead pooled connection found by the unit's first statement is
+        replaced and the batch sent again (nothing was lost: nothing had begun); a replica
+        that can't serve the unit's first statement hands it over to the primary."""
+        began, state = self._began, self._state
+        check, self._replica_check = self._replica_check, None
+        sent = batch if check is None else (_replica_status(check[0]), *batch)
         try:
-            with driver_errors(action):
-                value = send()
-        except ConnectionLostError:
-            if self._began:
-                raise
-            # A pooled connection that died while idle (a suspended or restarted server)
-            # fails on the first statement, before this transaction did anything: nothing
-            # is lost, so send it again on a fresh connection.
-            logger.info("the pooled connection was dead; %s again on a new one", action)
-            self._rollback_quietly(session)
-            with driver_errors(action):
-                value = send()
+            results: list[Any] = yield Execute(sent)
+        except Exception as exc:
+            error = translate(exc, action)
+            if check is not None and isinstance(error, DatabaseUnavailableError):
+                results = yield from self._on_the_primary(action, batch, error, state, down=True)
+            elif began or not is_disconnect(exc) or self._joined:
+                self._fail(error, state)
+                _raise(error, exc)
+            else:
+                logger.info("the pooled connection was dead; %s again on a new one", action)
+                results = yield from self._again(action, batch, Reconnect(), state)
+        except BaseException:
+            # Interrupted (a cancelled task): what was sent is unknown, so the end of the
+            # block rolls back whatever may have begun.
+            self._began = True
+            raise
+        else:
+            if check is not None:
+                behind = _replica_behind(results[0][0], check[1])
+                if behind is None:
+                    results = results[1:]
+                else:
+                    results = yield from self._again(action, batch, Reroute(behind, False), state)
         self._began = True
-        return value
+        if self._state == _BEGIN:
+            self._state = _IN_TRANSACTION
+        return results
 
-    def _commit_on(self, session: Session) -> None:
+    def _on_the_primary(
+        self, action: str, batch: Batch, error: PersistenceError, state: str | None, *, down: bool
+    ) -> Steps[list[Any]]:
+        logger.warning("a read replica can't be used (%s); reading from the primary", error)
+        return (yield from self._again(action, batch, Reroute(str(error), down), state))
+
+    def _again(
+        self, action: str, batch: Batch, switch: Request, state: str | None
+    ) -> Steps[list[Any]]:
+        try:
+            yield switch
+            results: list[Any] = yield Execute(batch)
+        except Exception as again:
+            error = translate(again, action)
+            self._fail(error, state)
+            _raise(error, again)
+        return results
+
+    def _fail(self, error: PersistenceError, state: str | None) -> None:
+        if isinstance(error, ConnectionLostError) or is_disconnect(error.__cause__ or error):
+            self._lost = error
+        if self._state == _BEGIN:
+            # BEGIN went out with the failed statement: the transaction is open (aborted),
+            # unless the connection is gone.
+            self._state = _IN_TRANSACTION if self._lost is None else state
+        self._began = True
+
+    def _commit_steps(self, aborted: bool) -> Steps[None]:
+        """COMMIT (with the causal token in the same pipeline); a COMMIT cut in flight is
+        resolved by asking the server how the transaction ended."""
         self._not_in_a_savepoint("commit()")
-        began, wrote, self._began, self._wrote = self._began, self._wrote, False, False
-        with driver_errors("committing"):
-            aborted = began and _aborted(session)
+        if self._lost is not None:
+            lost = self._lost
+            self._reset_transaction()
+            raise ConnectionLostError(
+                "committing: the database connection was lost earlier in this unit of "
+                "work: nothing since the last commit was committed"
+            ) from lost
+        state, wrote, xid = self._state, self._wrote, self._xid
+        self._reset_transaction()
+        if state is None:
+            return  # nothing began: nothing to commit (and no round trip)
         if aborted:
             # The server answers COMMIT on an aborted transaction with a ROLLBACK that
             # psycopg does not report: say so instead of letting it pass for a commit.
-            self._rollback_quietly(session)
+            yield from self._rollback_quietly()
             raise _aborted_error("committing", "nothing since the last commit was committed")
+        batch: Batch = ((self._commit_sql(), (), None),)
+        token_wanted = wrote and not self._joined
+        if token_wanted:
+            batch += (_plain(statements.causal_position()),)
         try:
-            with driver_errors("committing"):
-                session.commit()
-        except ConnectionLostError as exc:
-            if not wrote:
-                raise
-            raise CommitOutcomeUnknownError(
-                "the connection was lost while COMMIT was in flight: the work may or may not "
-                "have been committed; check before doing it again"
-            ) from exc.__cause__
+            results = yield Execute(batch)
+        except Exception as exc:
+            error = translate(exc, "committing")
+            if not (wrote and isinstance(error, ConnectionLostError) and not self._joined):
+                if isinstance(error, ConnectionLostError):
+                    self._lost = error
+                _raise(error, exc)
+            self._lost = error
+            yield from self._resolve_steps(xid, error)
+            return
+        if token_wanted:
+            self._causal_token = results[1][0][0]
         logger.debug("unit of work committed")
 
-    def _rollback_on(self, session: Session) -> None:
-        self._not_in_a_savepoint("rollback()")
-        self._began = self._wrote = False
-        with driver_errors("rolling back"):
-            session.rollback()
-
-    def _open_savepoint(self, session: Session) -> SessionTransaction:
-        def send() -> SessionTransaction:
-            nested = session.begin_nested()
-            # Asking for the connection makes SQLAlchemy send SAVEPOINT now rather than with
-            # the next statement: a dead pooled connection shows here, where it is replayed.
-            session.connection()
-            return nested
-
-        nested = self._first_or_replayed(session, "opening a savepoint", send)
-        self._savepoints += 1
-        return nested
-
-    def _close_savepoint(
-        self, session: Session, nested: SessionTransaction, failure: BaseException | None
-    ) -> None:
-        self._savepoints -= 1
-        if not nested.is_active:
+    def _resolve_steps(self, xid: str | None, lost: ConnectionLostError) -> Steps[None]:
+        """The connection died while COMMIT was in flight: ask a new connection how the
+        transaction ended. Committed: nothing more to do. Aborted: nothing was saved
+        (`ConnectionLostError`, safe to run again). Otherwise: `CommitOutcomeUnknownError`."""
+        outcome = None
+        if xid is not None:
+            for delay in RESOLVE_ATTEMPTS:
+                outcome = yield Resolve(xid, delay)
+                if outcome != "in progress":
+                    break
+        if outcome == "committed":
+            logger.warning(
+                "the connection was lost while COMMIT was in flight; the server says "
+                "transaction %s committed",
+                xid,
+            )
             return
-        if failure is None:
-            with driver_errors("releasing a savepoint"):
-                if _aborted(session):
-                    raise _aborted_error("releasing a savepoint")
-                nested.commit()
+        if outcome == "aborted":
+            raise ConnectionLostError(
+                "the connection was lost while COMMIT was in flight, and the server says "
+                "the transaction was rolled back: nothing was saved"
+            ) from lost.__cause__
+        raise CommitOutcomeUnknownError(
+            "the connection was lost while COMMIT was in flight: the work may or may not "
+            "have been committed (the server could not say); check before doing it again"
+        ) from lost.__cause__
+
+    def _rollback_steps(self) -> Steps[None]:
+        """ROLLBACK what was done since the last commit (explicit: errors are raised)."""
+        self._not_in_a_savepoint("rollback()")
+        state, lost = self._state, self._lost
+        self._reset_transaction()
+        self._lost = None
+        if state is None or lost is not None:
+            return  # nothing begun, or the server discarded it with the connection
+        try:
+            yield Execute(self._rollback_batch())
+        except Exception as exc:
+            error = translate(exc, "rolling back")
+            if isinstance(error, ConnectionLostError):
+                return  # the server discards the work with the connection
+            _raise(error, exc)
+
+    def _rollback_quietly(self) -> Steps[None]:
+        # The caller's exception is what matters; a failed rollback (say, on a dead
+        # connection) is logged, not raised over it. The server discards the work anyway.
+        state, lost = self._state, self._lost
+        self._reset_transaction()
+        if state is None or lost is not None:
             return
         try:
-            with driver_errors("rolling back to a savepoint"):
-                nested.rollback()
+            yield Execute(self._rollback_batch())
+            logger.debug("unit of work rolled back")
+        except Exception:
+            logger.warning("rollback failed; the connection is discarded", exc_info=True)
+
+    def _open_savepoint_steps(self) -> Steps[str]:
+        """SAVEPOINT (beginning the transaction first if it must: in one pipeline)."""
+        self._usable("opening a savepoint", aborted=False)
+        name = f"persistence_savepoint_{len(self._savepoints) + 1}"
+        statement = (f"SAVEPOINT {name}", (), None)
+        if self._state is None:
+            self._state = _BEGIN
+            settings = self._deadlines.settings(in_transaction=True)
+            batch: Batch = ((self._begin_sql(), (), None),)
+            if settings and not self._joined:
+                batch += (_setup(settings, xid=False),)
+            batch += (statement,)
+        else:
+            batch = (statement,)
+        yield from self._send("opening a savepoint", batch)
+        self._savepoints.append(name)
+        return name
+
+    def _close_savepoint_steps(
+        self, name: str, failure: BaseException | None, aborted: bool
+    ) -> Steps[None]:
+        """RELEASE the savepoint, or roll back to it after an exception (keeping the
+        caller's exception whatever happens to the rollback)."""
+        if name not in self._savepoints:
+            return  # already ended with the block
+        del self._savepoints[self._savepoints.index(name) :]
+        if failure is None:
+            self._usable("releasing a savepoint", aborted)
+            yield from self._send(
+                "releasing a savepoint", ((f"RELEASE SAVEPOINT {name}", (), None),)
+            )
+            return
+        if self._lost is not None:
+            failure.add_note(f"the savepoint was not rolled back: {self._lost}")
+            return
+        batch: Batch = (
+            (f"ROLLBACK TO SAVEPOINT {name}", (), None),
+            (f"RELEASE SAVEPOINT {name}", (), None),
+        )
+        try:
+            yield from self._send("rolling back to a savepoint", batch)
         except PersistenceError as lost:
             # The caller's own error is what propagates; the whole transaction is rolled
             # back at the end of the block anyway (the server discards it with the
@@ -209,48 +527,104 @@ class UnitOfWorkBase(Generic[S]):
             logger.warning("rolling back to a savepoint failed: %s", lost, exc_info=True)
             failure.add_note(f"then rolling back to the savepoint failed: {lost}")
 
-    def _end_on(self, session: Session, failed: bool) -> None:
-        """The end of the block: commit (or roll back after an exception), then close.
+    def _end_steps(self, failed: bool, aborted: bool) -> Steps[None]:
+        """The end of the block: commit (or roll back after an exception), then give the
+        connection back, always.
 
         A savepoint still open (left out of order) means unfinished work: nothing since
         the last commit is committed, and `PersistenceError` says so.
         """
         try:
             if self._savepoints and not failed:
-                self._savepoints = 0
-                self._began = self._wrote = False
-                self._rollback_quietly(session)
+                self._savepoints = []
+                yield from self._rollback_quietly()
                 raise PersistenceError(
                     "the unit of work ended while a savepoint() block was still open: "
                     "nothing since the last commit was committed"
                 )
+            self._savepoints = []
             if failed:
-                self._began = self._wrote = False
-                self._rollback_quietly(session)
+                yield from self._rollback_quietly()
             else:
-                self._commit_on(session)
+                yield from self._commit_steps(aborted)
         finally:
-            self._close_quietly(session)
-
-    @staticmethod
-    def _rollback_quietly(session: Session) -> None:
-        # The caller's exception is what matters; a failed rollback (say, on a dead
-        # connection) is logged, not raised over it. The server discards the work anyway.
-        try:
-            session.rollback()
-            logger.debug("unit of work rolled back")
-        except (sa_exc.SQLAlchemyError, psycopg.Error):
-            logger.warning("rollback failed; the connection is discarded", exc_info=True)
-
-    @staticmethod
-    def _close_quietly(session: Session) -> None:
-        try:
-            session.close()
-        except (sa_exc.SQLAlchemyError, psycopg.Error):
-            logger.warning("closing the session failed; the connection is discarded", exc_info=True)
+            yield Release()
 
 
-def _aborted_error(action: str, outcome: str = "roll back first") -> DatabaseError:
+def with_session_setup(batch: Batch) -> tuple[Batch, int]:
+    """`batch` with a new connection's session set-up in front (UTC), and how many
+    results that adds. Run with nothing around it: a statement in front of a BEGIN would
+    make the BEGIN part of the same transaction, so the set-up then ends its own."""
+    setup = statements.session_setup()
+    ahead: Batch = ((setup.sql, setup.args({}), None),)
+    if batch[0][0].startswith("BEGIN"):
+        ahead += (("COMMIT", (), None),)
+    return (*ahead, *batch), len(ahead)
+
+
+def multi_statement(batch: Batch) -> tuple[str, tuple[Any, ...], TaskRows | None]:
+    """Several statements as one: their SQL joined, their parameters in order, and the
+    row factory of the one that builds tasks.
+
+    Sent as one simple query (one round trip), with the parameters bound by psycopg's
+    client-side binding (each value quoted as a literal by psycopg's own dumpers): a
+    pipeline of the same statements costs the client three times as much CPU. A simple
+    query's statements run in one transaction (BEGIN's, or an implicit one that a
+    `SET LOCAL` lasts through).
+    """
+    args: tuple[Any, ...] = ()
+    rows = None
+    for _sql, statement_args, statement_rows in batch:
+        args += statement_args
+        rows = statement_rows or rows
+    return "; ".join(sql for sql, _args, _rows in batch), args, rows
+
+
+def _replica_status(token: str | None) -> tuple[str, tuple[Any, ...], None]:
+    statement = statements.replica_status()
+    return statement.sql, statement.args({"token": token}), None
+
+
+def _replica_behind(status: tuple[bool, bool | None, float], max_lag: float) -> str | None:
+    """Why a replica can't serve a read (its status row), or `None` if it can."""
+    standby, replayed, lag = status
+    if not standby:
+        return None  # a primary is never behind
+    if replayed is False:
+        return "it has not yet replayed the unit's causal token"
+    if lag > max_lag:
+        return f"it is {lag:.1f} s behind (the bound is {max_lag:g} s)"
+    return None
+
+
+def _raise(error: PersistenceError, cause: BaseException) -> NoReturn:
+    # A driver error is raised as the package's, chained; one that already is the
+    # package's (a failed connect, translated where it happened) keeps its own chain.
+    if error is cause:
+        raise error
+    raise error from cause
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise TaskValidationError(
+            "timeout", f"must be a number of seconds above 0, or None, got {timeout!r}"
+        )
+    return float(timeout)
+
+
+def deadlines(timeout: float | None, idle_in_transaction: float | None) -> Deadlines:
+    """The bounds to set, from seconds (`None`: unbounded)."""
+
+    def ms(seconds: float | None) -> int | None:
+        return None if seconds is None else max(1, round(seconds * 1000))
+
+    return Deadlines(ms(timeout), ms(idle_in_transaction))
+
+
+def _aborted_error(action: str, outcome: str) -> DatabaseError:
     error = DatabaseError(
         f"{action}: an earlier statement failed and the server aborted the transaction "
         f"(SQLSTATE 25P02): {outcome}"
@@ -259,12 +633,9 @@ def _aborted_error(action: str, outcome: str = "roll back first") -> DatabaseErr
     return error
 
 
-def _aborted(session: Session) -> bool:
-    """Whether the session's transaction was aborted on the server by a failed statement."""
-    transaction = session.get_transaction()
-    connection = transaction.connection(None) if transaction is not None else None
-    if connection is None:
-        return False
-    raw = connection.connection.driver_connection
-    status = getattr(getattr(raw, "info", None), "transaction_status", None)
-    return bool(status == psycopg.pq.TransactionStatus.INERROR)
+def aborted(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
+    """Whether `connection`'s transaction was aborted on the server by a failed statement."""
+    return (
+        connection is not None
+        and connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    )

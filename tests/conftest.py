@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Executable, func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlmodel import col
 
 from benchmarks.proxy import LatencyProxy
-from persistence import Task, UnitOfWork, create_engine
+from persistence import AsyncUnitOfWork, Task, UnitOfWork, create_engine, pool_stats
 from persistence.database import normalize_url
+from persistence.statements import compile_statement
 from persistence.testing import TestDatabase
 from tests.proxying import proxy_for
 
@@ -58,15 +59,32 @@ def proxy(persistence_database: TestDatabase) -> Iterator[LatencyProxy]:
         yield running
 
 
-def execute_in(uow: UnitOfWork, statement: Executable) -> Any:
-    """Send a statement of the test's own inside the unit of work's transaction, around the
-    repository (to plant a server error, or ask the server something); its result."""
-    return uow._active_session().execute(statement)
+def execute_in(uow: Any, statement: Any) -> list[tuple[Any, ...]]:
+    """Send a statement of the test's own on the unit of work's connection, in its
+    transaction if one has begun, around the repository (to plant a server error, or ask
+    the server something); its rows. Works for `UnitOfWork` and the contract suite's
+    sync facade over an `AsyncUnitOfWork`."""
+    compiled = compile_statement(statement)
+    args = compiled.args({})
+    facade = getattr(uow, "_uow", None)
+    if facade is not None:
+        found: list[tuple[Any, ...]] = uow.loops.run(execute_in_async(facade, statement))
+        return found
+    cursor = uow._connected().execute(compiled.sql, args)
+    rows: list[tuple[Any, ...]] = cursor.fetchall() if cursor.description else []
+    return rows
+
+
+async def execute_in_async(uow: AsyncUnitOfWork, statement: Any) -> list[tuple[Any, ...]]:
+    """`execute_in` for an `AsyncUnitOfWork`."""
+    compiled = compile_statement(statement)
+    cursor = await (await uow._connected()).execute(compiled.sql, compiled.args({}))
+    return await cursor.fetchall() if cursor.description else []
 
 
 def backend_pid(uow: UnitOfWork) -> int:
     """The server process serving the unit of work's connection."""
-    return int(execute_in(uow, select(func.pg_backend_pid())).scalar_one())
+    return int(execute_in(uow, select(func.pg_backend_pid()))[0][0])
 
 
 def libpq_url(url: str) -> str:
@@ -74,9 +92,9 @@ def libpq_url(url: str) -> str:
     return normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def checked_out(engine: Engine) -> int:
+def checked_out(engine: Any) -> int:
     """How many of the engine's pooled connections units of work hold right now."""
-    return int(engine.pool.checkedout())
+    return pool_stats(engine).lent
 
 
 def open_transactions(engine: Engine) -> int:

@@ -11,23 +11,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import persistence
-from benchmarks.proxy import LatencyProxy
 from persistence import (
     AsyncUnitOfWork,
-    CommitOutcomeUnknownError,
     ConnectionLostError,
-    Task,
     TransactionConflictError,
     create_async_engine,
     run_in_transaction_async,
 )
 from persistence.testing import TestDatabase
-from tests.conftest import terminate
-from tests.proxying import async_engine_through
+from tests.conftest import checked_out, execute_in_async, terminate
 
 pytestmark = pytest.mark.asyncio
 
@@ -37,8 +33,7 @@ class Boom(Exception):
 
 
 async def backend_pid(uow: AsyncUnitOfWork) -> int:
-    session = uow._active_session()
-    return int((await session.execute(select(func.pg_backend_pid()))).scalar_one())
+    return int((await execute_in_async(uow, select(func.pg_backend_pid())))[0][0])
 
 
 @pytest_asyncio.fixture
@@ -90,7 +85,7 @@ async def test_an_operation_still_running_at_the_end_of_the_block_is_waited_for(
             async with AsyncUnitOfWork(engine) as uow:
                 await uow.tasks.create(user_id=user, title="rolled back")
                 await asyncio.gather(uow.tasks.count(user_id=user), uow.tasks.count(user_id=user))
-        assert engine.sync_engine.pool.checkedout() == 0
+        assert checked_out(engine) == 0
         async with AsyncUnitOfWork(engine) as uow:  # the pool's one connection is back
             assert await uow.tasks.count(user_id=user) == 0
     finally:
@@ -107,24 +102,6 @@ async def test_a_connection_lost_mid_unit_is_not_replayed(
             await uow.tasks.create(user_id=user, title="after the drop")
     async with AsyncUnitOfWork(small_engine) as uow:
         assert await uow.tasks.count(user_id=user) == 0
-
-
-async def test_a_connection_lost_while_commit_is_in_flight_is_an_unknown_outcome(
-    proxy: LatencyProxy, persistence_database: TestDatabase, user: str
-):
-    engine = async_engine_through(proxy, persistence_database)
-    try:
-        async with AsyncUnitOfWork(engine) as uow:  # the connection's set-up, before the cut
-            await uow.tasks.count(user_id="warm-up")
-        # Cut as COMMIT leaves (BEGIN + INSERT is the first flight, COMMIT the second):
-        # the client can't tell whether the server got it.
-        proxy.cut_at_flight(2)
-        with pytest.raises(CommitOutcomeUnknownError, match="may or may not"):
-            async with AsyncUnitOfWork(engine) as uow:
-                await uow.tasks.create(user_id=user, title="maybe")
-        proxy.cut_on(None)
-    finally:
-        await engine.dispose()
 
 
 async def test_run_in_transaction_async_commits_and_returns_the_result(
@@ -239,18 +216,3 @@ async def test_a_read_only_async_unit_of_work_refuses_writes(small_engine: Async
     with pytest.raises(persistence.PersistenceError, match="read-only"):
         async with AsyncUnitOfWork(small_engine, read_only=True) as uow:
             await uow.tasks.create(user_id=user, title="t")
-
-
-async def test_an_async_first_write_sent_with_many_parameter_sets_begins_the_transaction(
-    small_engine: AsyncEngine, user: str
-):
-    async with AsyncUnitOfWork(small_engine) as uow:
-        tasks = await uow.tasks.create_many(user_id=user, items=[{"title": "a"}, {"title": "b"}])
-    with pytest.raises(Boom):
-        async with AsyncUnitOfWork(small_engine) as uow:
-            # An UPDATE by primary key with a list of rows goes out as executemany.
-            rows = [{"id": t.id, "title": "changed"} for t in tasks]
-            await uow._active_session().execute(update(Task), rows)
-            raise Boom
-    async with AsyncUnitOfWork(small_engine) as uow:
-        assert {t.title for t in await uow.tasks.list(user_id=user)} == {"a", "b"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from persistence import TaskValidationError, UnitOfWork
-from persistence.statements import select_tasks
+from persistence.operations import list_tasks
+from tests.conftest import libpq_url
 
 
 def test_create_many_returns_the_tasks_in_the_items_order(uow: UnitOfWork, user: str):
@@ -106,11 +108,13 @@ def test_a_later_page_is_an_index_scan_with_no_sort(persistence_engine: Engine, 
                 user_id=f"{user}-{n}", items=[{"title": f"t{i}"} for i in range(500)]
             )
         page = uow.tasks.list(user_id=f"{user}-2", limit=50)
-    statement = select_tasks(f"{user}-2", None, 50, (page[-1].created_at, page[-1].id))
-    compiled = statement.compile(persistence_engine, compile_kwargs={"literal_binds": True})
-    with persistence_engine.begin() as connection:
-        connection.execute(text("ANALYZE tasks"))
-        plan = "\n".join(row[0] for row in connection.execute(text(f"EXPLAIN {compiled}")))
+    # The very statement the repository sends for the next page, with its parameters.
+    operation = list_tasks(user_id=f"{user}-2", complete=None, limit=50, after=page[-1])
+    assert operation.statement is not None
+    with psycopg.connect(libpq_url(str(persistence_engine.url.render_as_string(False)))) as raw:
+        raw.execute("ANALYZE tasks")
+        explained = raw.execute("EXPLAIN " + operation.statement.sql, operation.args)
+        plan = "\n".join(row[0] for row in explained)
     assert "Index Scan Backward using ix_tasks_user_id_created_at_id" in plan
     assert "Sort" not in plan
 

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from persistence import PoolTimeoutError, UnitOfWork, create_engine
 from persistence.testing import TestDatabase
+from tests.conftest import checked_out
 
 
 class Planned(Exception):
@@ -52,7 +53,7 @@ def test_forty_eight_threads_share_a_pool_of_four_and_all_finish(
 
         with ThreadPoolExecutor(48) as pool:
             list(pool.map(work, range(48)))
-        assert small.pool.checkedout() == 0
+        assert checked_out(small) == 0
     finally:
         small.dispose()
     with UnitOfWork(persistence_engine) as uow:

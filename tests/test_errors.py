@@ -6,7 +6,7 @@ import logging
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, func, insert
+from sqlalchemy import Engine, insert
 from sqlmodel import col, select
 
 from persistence import (
@@ -24,7 +24,7 @@ from persistence import (
 )
 from persistence.errors import driver_errors
 from persistence.testing import TestDatabase
-from tests.conftest import terminate
+from tests.conftest import backend_pid, terminate
 
 
 def test_the_error_types_form_one_family():
@@ -76,7 +76,7 @@ def test_a_connection_killed_inside_a_unit_of_work_raises_and_commits_nothing(
 ):
     with pytest.raises(ConnectionLostError) as raised, UnitOfWork(persistence_engine) as uow:
         uow.tasks.create(user_id=user, title="lost with the connection")
-        pid = uow._active_session().execute(select(func.pg_backend_pid())).scalar_one()
+        pid = backend_pid(uow)
         terminate(killer_engine, pid)
         uow.tasks.create(user_id=user, title="never arrives")
     assert raised.value.__cause__ is not None

@@ -22,6 +22,7 @@ from persistence import (
 from persistence.database import normalize_url
 from persistence.embedded import restart_embedded
 from persistence.testing import TestDatabase
+from tests.conftest import execute_in
 from tests.proxying import engine_through
 
 
@@ -67,29 +68,6 @@ def test_a_cut_midway_raises_and_commits_nothing(
     assert committed(persistence_engine, user) == ["next"]
 
 
-@pytest.mark.parametrize("server_saw_commit", [False, True])
-def test_a_cut_while_commit_is_in_flight_says_the_outcome_is_unknown(
-    cut_engine: Engine,
-    proxy: LatencyProxy,
-    persistence_engine: Engine,
-    user: str,
-    server_saw_commit: bool,
-):
-    proxy.cut_at_flight(2, after_forwarding=server_saw_commit)  # after BEGIN + INSERT
-    with (
-        pytest.raises(CommitOutcomeUnknownError, match="may or may not"),
-        UnitOfWork(cut_engine) as uow,
-    ):
-        uow.tasks.create(user_id=user, title="in flight")
-    proxy.cut_on(None)
-    # Never a success reported for a commit that did not happen; never a silent loss.
-    outcome = committed(persistence_engine, user)
-    if server_saw_commit:
-        assert outcome in (["in flight"], [])
-    else:
-        assert outcome == []
-
-
 def test_a_read_only_unit_cut_at_commit_is_not_ambiguous(
     cut_engine: Engine, proxy: LatencyProxy, user: str
 ):
@@ -130,15 +108,11 @@ def test_a_server_restart_between_units_of_work_goes_unnoticed(
     try:
         with UnitOfWork(engine) as uow:
             uow.tasks.create(user_id=user, title="before")
-            started = (
-                uow._active_session().execute(select(func.pg_postmaster_start_time())).scalar_one()
-            )
+            started = execute_in(uow, select(func.pg_postmaster_start_time()))[0][0]
         _restart(persistence_database)
         with UnitOfWork(engine) as uow:
             uow.tasks.create(user_id=user, title="after")
-            restarted = (
-                uow._active_session().execute(select(func.pg_postmaster_start_time())).scalar_one()
-            )
+            restarted = execute_in(uow, select(func.pg_postmaster_start_time()))[0][0]
         assert restarted > started, "the server did not restart"
     finally:
         engine.dispose()

@@ -22,11 +22,11 @@ from persistence import (
 )
 from persistence.database import normalize_url
 from persistence.testing import TestDatabase
-from tests.conftest import terminate
+from tests.conftest import backend_pid, execute_in, terminate
 
 
 def _backend_pid(uow: UnitOfWork) -> int:
-    return int(uow._active_session().execute(select(func.pg_backend_pid())).scalar_one())
+    return backend_pid(uow)
 
 
 @pytest.fixture
@@ -264,10 +264,9 @@ def test_psycopg_never_prepares_statements(persistence_engine: Engine, user: str
         for _ in range(10):
             uow.tasks.count(user_id=user)
             uow.tasks.create(user_id=user, title="t")
-        session = uow._active_session()
-        prepared = session.execute(
-            select(func.count()).select_from(table("pg_prepared_statements"))
-        ).scalar_one()
+        prepared = execute_in(
+            uow, select(func.count()).select_from(table("pg_prepared_statements"))
+        )[0][0]
     assert prepared == 0
 
 
@@ -280,8 +279,7 @@ def test_a_tls_url_as_neon_gives_it_connects_over_tls(
     assert url.query.get("channel_binding") == "require"
     with UnitOfWork(persistence_engine) as uow:
         uow.tasks.create(user_id=user, title="over TLS")
-        raw = uow._active_session().connection().connection.driver_connection
-        assert raw.pgconn.ssl_in_use
+        assert uow._connected().pgconn.ssl_in_use
     assert "tls:        yes" in _doctor(persistence_database.url).stdout
 
 

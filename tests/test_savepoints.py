@@ -57,7 +57,7 @@ def test_after_a_failed_release_every_statement_says_25P02_and_nothing_is_commit
             uow.savepoint(),
             pytest.raises(Exception, match="ck_tasks_title"),
         ):
-            execute_in(uow, insert(Task).values(user_id=user, title=" "))
+            execute_in(uow, insert(Task).values(user_id=user, title=" ", complete=False))
         assert at_release.value.sqlstate == "25P02"
         with pytest.raises(DatabaseError) as next_statement:
             uow.tasks.count(user_id=user)

@@ -1,51 +1,53 @@
-"""The lazy BEGIN: every kind of first write, and locking reads, start the transaction."""
+"""The lazy BEGIN: reads before the first write need no transaction; the first write
+begins it, and the transaction's statements reach the server verbatim."""
 
 from __future__ import annotations
 
 import psycopg
-from sqlalchemy import Engine, update
-from sqlalchemy.orm import Session
-from sqlmodel import col, select
+from sqlalchemy import Engine
 
-from persistence import Task, UnitOfWork
-from persistence.database import transaction_options
+from persistence import UnitOfWork
 
 
-def _session(engine: Engine) -> Session:
-    return Session(engine.execution_options(**transaction_options()), expire_on_commit=False)
+def _status(uow: UnitOfWork) -> psycopg.pq.TransactionStatus:
+    return uow._connected().info.transaction_status
 
 
-def _status(session: Session) -> psycopg.pq.TransactionStatus:
-    raw = session.connection().connection.driver_connection
-    assert isinstance(raw, psycopg.Connection)
-    return raw.info.transaction_status
-
-
-def test_a_first_write_sent_with_many_parameter_sets_is_rolled_back(
+def test_reads_before_the_first_write_run_outside_a_transaction(
     persistence_engine: Engine, user: str
 ):
     with UnitOfWork(persistence_engine) as uow:
-        tasks = uow.tasks.create_many(user_id=user, items=[{"title": "a"}, {"title": "b"}])
-    with _session(persistence_engine) as session:
-        # An UPDATE by primary key with a list of rows goes out as executemany.
-        session.execute(update(Task), [{"id": t.id, "title": "changed"} for t in tasks])
-        assert _status(session) == psycopg.pq.TransactionStatus.INTRANS
-        session.rollback()
+        uow.tasks.list(user_id=user)
+        uow.tasks.count(user_id=user)
+        assert _status(uow) == psycopg.pq.TransactionStatus.IDLE
+        uow.tasks.create(user_id=user, title="the first write")
+        assert _status(uow) == psycopg.pq.TransactionStatus.INTRANS
+        uow.tasks.list(user_id=user)  # and later reads share the transaction
+        assert _status(uow) == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_under_serializable_the_first_read_begins_the_transaction(
+    persistence_engine: Engine, user: str
+):
+    with UnitOfWork(persistence_engine, isolation_level="SERIALIZABLE") as uow:
+        uow.tasks.count(user_id=user)
+        assert _status(uow) == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_a_first_write_of_many_rows_is_rolled_back_with_the_rest(
+    persistence_engine: Engine, user: str
+):
+    class Boom(Exception):
+        pass
+
+    try:
+        with UnitOfWork(persistence_engine) as uow:
+            uow.tasks.create_many(user_id=user, items=[{"title": "a"}, {"title": "b"}])
+            raise Boom
+    except Boom:
+        pass
     with UnitOfWork(persistence_engine) as uow:
-        assert {t.title for t in uow.tasks.list(user_id=user)} == {"a", "b"}
-
-
-def test_a_locking_read_begins_the_transaction(persistence_engine: Engine, user: str):
-    with _session(persistence_engine) as session:
-        session.execute(select(Task).where(col(Task.user_id) == user).with_for_update())
-        assert _status(session) == psycopg.pq.TransactionStatus.INTRANS
-        session.rollback()
-
-
-def test_a_plain_read_does_not(persistence_engine: Engine, user: str):
-    with _session(persistence_engine) as session:
-        session.execute(select(Task).where(col(Task.user_id) == user))
-        assert _status(session) == psycopg.pq.TransactionStatus.IDLE
+        assert uow.tasks.count(user_id=user) == 0
 
 
 def test_percent_signs_reach_the_database_verbatim(uow: UnitOfWork, user: str):

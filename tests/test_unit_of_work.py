@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from persistence import DatabaseError, PersistenceError, Task, TaskValidationError, UnitOfWork
+from tests.conftest import execute_in
 
 
 class Boom(Exception):
@@ -208,8 +209,7 @@ def test_isolation_level_is_applied_to_the_transaction(
 ):
     with UnitOfWork(persistence_engine, isolation_level=level) as uow:
         uow.tasks.create(user_id=user, title="t")
-        session = uow._active_session()
-        shown = session.execute(select(func.current_setting("transaction_isolation"))).scalar_one()
+        shown = execute_in(uow, select(func.current_setting("transaction_isolation")))[0][0]
     assert shown == level.lower()
 
 
@@ -242,7 +242,6 @@ def test_a_clean_exit_after_a_swallowed_server_error_does_not_pass_for_a_commit(
     persistence_engine: Engine, user: str
 ):
     from sqlalchemy import insert
-    from sqlalchemy.exc import IntegrityError
 
     with (
         pytest.raises(DatabaseError, match="nothing since the last commit") as raised,
@@ -251,8 +250,8 @@ def test_a_clean_exit_after_a_swallowed_server_error_does_not_pass_for_a_commit(
         uow.tasks.create(user_id=user, title="lost with the transaction")
         # Around validation, straight to the table: the server refuses it, and the
         # application swallows the error and goes on.
-        with contextlib.suppress(IntegrityError):
-            uow._active_session().execute(insert(Task).values(user_id=user, title=" "))
+        with contextlib.suppress(Exception):
+            execute_in(uow, insert(Task).values(user_id=user, title=" ", complete=False))
     assert raised.value.sqlstate == "25P02"
     assert committed_titles(persistence_engine, user) == []
     with UnitOfWork(persistence_engine) as uow:  # and the connection is usable again

@@ -18,12 +18,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import pytest
-from sqlalchemy import Engine, Executable, Result
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import persistence.factories
 from persistence import AsyncUnitOfWork, create_async_engine, dispose_async_engine
-from persistence.database import transaction_options
 from persistence.testing import TestDatabase
 
 T = TypeVar("T")
@@ -124,9 +123,6 @@ class SyncFacade:
         else:
             self.loops.run(savepoint.__aexit__(None, None, None))
 
-    def _active_session(self) -> _SyncSession:
-        return _SyncSession(self._in_loop(self._uow._active_session), self.loops)
-
 
 class _SyncTasks:
     def __init__(self, tasks: Any, loops: Loops) -> None:
@@ -140,16 +136,6 @@ class _SyncTasks:
             return self._loops.run(method(*args, **kwargs))
 
         return call
-
-
-class _SyncSession:
-    def __init__(self, session: Any, loops: Loops) -> None:
-        self._session = session
-        self._loops = loops
-
-    def execute(self, statement: Executable) -> Result[Any]:
-        result: Result[Any] = self._loops.run(self._session.execute(statement))
-        return result
 
 
 @pytest.fixture
@@ -171,7 +157,6 @@ def persistence_connection(
     """An async connection inside a transaction that is rolled back when the test ends."""
     engine = loops.engine_for(persistence_database.engine)
     connection = loops.run(engine.connect())
-    loops.run(connection.execution_options(**transaction_options(eager=True)))
     loops.run(connection.begin())
     try:
         yield connection

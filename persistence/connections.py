@@ -1,0 +1,231 @@
+"""Where units of work get their connections: the primary's pool, or a read replica's.
+
+Each engine made by `create_engine` / `create_async_engine` has one `Database`: how to
+connect (psycopg's arguments, from the URL and the settings), the primary's pool, and one
+pool per read replica (`DATABASE_READ_URL`). Units of work take raw psycopg connections
+from these pools; SQLAlchemy's own pool serves only SQLAlchemy-level use of the engine.
+A replica that is down or lagging is left aside for a few seconds; with no replica left,
+the primary serves reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from sqlalchemy import URL, Engine, event
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+from persistence.config import Settings, load_settings
+from persistence.errors import translate
+from persistence.pool import AsyncConnectionPool, ConnectionPool, PoolOptions, PoolStats
+
+__all__ = [
+    "Database",
+    "Replica",
+    "async_connector",
+    "connect_arguments",
+    "connector",
+    "database_of",
+    "pool_options",
+    "pool_stats",
+    "remember_options",
+]
+
+logger = logging.getLogger(__name__)
+
+P = TypeVar("P", ConnectionPool, AsyncConnectionPool)
+
+# A replica that failed is left aside this long before it is tried again, in seconds.
+DOWN_FOR = 5.0
+LAGGING_FOR = 1.0
+
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+
+
+def connect_arguments(url: URL, settings: Settings, extra: dict[str, Any]) -> dict[str, Any]:
+    """psycopg's `connect()` arguments for `url`: libpq's parameters as SQLAlchemy's
+    psycopg dialect reads them from the URL (TLS query parameters pass through), and
+    the package's connection settings."""
+    _args, found = _DIALECT.create_connect_args(url)  # type: ignore[no-untyped-call]
+    params: dict[str, Any] = dict(found)
+    params.update(
+        autocommit=True,
+        # Transaction-mode poolers (Neon's -pooler endpoint, PgBouncer < 1.21) can't keep
+        # protocol-level prepared statements: never let psycopg create them.
+        prepare_threshold=None,
+        connect_timeout=settings.connect_timeout,
+        application_name="persistence",
+    )
+    params.update(extra)
+    return params
+
+
+def pool_options(settings: Settings, overrides: dict[str, Any]) -> PoolOptions:
+    """The units of work's pool, from the settings and `create_engine`'s keyword
+    arguments (`pool_size`, `max_overflow`, `pool_timeout`, `pool_recycle`)."""
+    size = int(overrides.get("pool_size", settings.pool_size))
+    overflow = int(overrides.get("max_overflow", settings.max_overflow))
+    return PoolOptions(
+        min_size=size,
+        max_size=max(size + max(overflow, 0), 1),
+        timeout=float(overrides.get("pool_timeout", settings.pool_timeout)),
+        max_lifetime=float(overrides.get("pool_recycle", settings.pool_recycle)),
+        max_idle=settings.pool_idle_timeout,
+    )
+
+
+@dataclass
+class Replica(Generic[P]):
+    """A read replica's pool, and until when it is left aside."""
+
+    pool: P
+    label: str
+    aside_until: float = 0.0
+
+
+@dataclass
+class Database(Generic[P]):
+    """An engine's pools: the primary's and the replicas'; and how to open a connection
+    of one's own (to resolve a lost COMMIT)."""
+
+    settings: Settings
+    primary: P
+    primary_arguments: dict[str, Any]
+    replicas: list[Replica[P]] = field(default_factory=list)
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    def pool_for(self, read_only: bool) -> tuple[P, Replica[P] | None]:
+        """The pool a unit of work takes its connection from: a replica's for a read-only
+        one (in turn, skipping those left aside), else the primary's."""
+        if read_only and self.replicas:
+            now = time.monotonic()
+            start = next(self._turn)
+            for offset in range(len(self.replicas)):
+                replica = self.replicas[(start + offset) % len(self.replicas)]
+                if replica.aside_until <= now:
+                    return replica.pool, replica
+        return self.primary, None
+
+    def set_aside(self, replica: Replica[P], why: str, *, down: bool) -> None:
+        """Leave `replica` aside for a while: down (it failed) or lagging."""
+        replica.aside_until = time.monotonic() + (DOWN_FOR if down else LAGGING_FOR)
+        logger.warning("read replica %s left aside: %s", replica.label, why)
+        if down:
+            replica.pool.invalidate()
+
+    def pools(self) -> list[P]:
+        """Every pool: the primary's first."""
+        found = [self.primary]
+        found.extend(replica.pool for replica in self.replicas)
+        return found
+
+
+def connector(arguments: dict[str, Any]) -> Callable[[], psycopg.Connection[Any]]:
+    """How a pool opens a connection with `arguments` (errors translated)."""
+
+    def connect() -> psycopg.Connection[Any]:
+        try:
+            return psycopg.Connection.connect(**arguments)
+        except psycopg.Error as exc:
+            raise translate(exc, "connecting to the database", connecting=True) from exc
+
+    return connect
+
+
+def async_connector(arguments: dict[str, Any]) -> Callable[[], Any]:
+    """How an async pool opens a connection with `arguments` (errors translated)."""
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(**arguments)
+        except psycopg.Error as exc:
+            raise translate(exc, "connecting to the database", connecting=True) from exc
+
+    return connect
+
+
+# What `create_engine` was told, per engine: its pools are built from it on first use.
+_options: weakref.WeakKeyDictionary[Engine, tuple[Settings, dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_databases: weakref.WeakKeyDictionary[Engine, dict[bool, Database[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def remember_options(engine: Engine, settings: Settings, overrides: dict[str, Any]) -> None:
+    """Record how `engine` was made, so that its units of work's pools match it."""
+    with _lock:
+        _options[engine] = (settings, dict(overrides))
+
+
+def _make(engine: Engine, asynchronous: bool) -> Database[Any]:
+    settings, overrides = _options.get(engine) or (load_settings(), {})
+    options = pool_options(settings, overrides)
+    extra = dict(overrides.get("connect_args", {}))
+    primary = connect_arguments(engine.url, settings, extra)
+
+    def pool(arguments: dict[str, Any]) -> Any:
+        if asynchronous:
+            return AsyncConnectionPool(async_connector(arguments), options)
+        return ConnectionPool(connector(arguments), options)
+
+    from persistence.database import normalize_url  # below: the engine's own module
+
+    replicas = [
+        Replica(pool(connect_arguments(normalize_url(raw), settings, extra)), _label(raw, n))
+        for n, raw in enumerate(settings.read_urls)
+    ]
+    return Database(settings, pool(primary), primary, replicas)
+
+
+def _label(raw: str, n: int) -> str:
+    from persistence.database import normalize_url
+
+    url = normalize_url(raw)
+    return f"#{n + 1} ({url.host or 'local'}:{url.port or 5432})"
+
+
+def database_of(engine: Engine, *, asynchronous: bool = False) -> Database[Any]:
+    """The units of work's pools of `engine` (made on first use, closed with
+    `engine.dispose()`). For an async engine, pass its `sync_engine` and
+    `asynchronous=True`."""
+    found = _databases.get(engine, {}).get(asynchronous)
+    if found is not None:
+        return found
+    with _lock:
+        kinds = _databases.setdefault(engine, {})
+        found = kinds.get(asynchronous)
+        if found is None:
+            found = kinds[asynchronous] = _make(engine, asynchronous)
+            if not event.contains(engine, "engine_disposed", _forget):
+                event.listen(engine, "engine_disposed", _forget)
+    return found
+
+
+def pool_stats(engine: Any) -> PoolStats:
+    """The counts of the pool units of work on `engine` (an `Engine` or `AsyncEngine`)
+    take their connections from: open, idle, lent, waiting, opened so far."""
+    sync_engine = getattr(engine, "sync_engine", engine)
+    asynchronous = sync_engine is not engine
+    stats: PoolStats = database_of(sync_engine, asynchronous=asynchronous).primary.stats()
+    return stats
+
+
+def _forget(engine: Engine) -> None:
+    # `engine.dispose()`: close the units of work's idle connections too (the lent ones
+    # are closed when given back); the next unit of work builds new pools.
+    with _lock:
+        kinds = _databases.pop(engine, {})
+    for database in kinds.values():
+        for pool in database.pools():
+            pool.close_now()

@@ -1,0 +1,110 @@
+"""Rows into `Task` objects: built directly as psycopg reads them, without the ORM.
+
+The ORM's loading (identity map, per-object state, result processing) costs more than the
+query itself for a page of tasks; a `Task` is a plain pydantic object underneath, so it is
+built here from the row's values in one step, in the row factory psycopg calls for each
+row: no intermediate tuple list is kept. SQLAlchemy gets its per-object state lazily, the
+first time anything asks for it (see `models.Task.__getattr__`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.rows import RowMaker, tuple_row
+from sqlalchemy.orm import configure_mappers
+
+from persistence.models import Task
+from persistence.statements import COLUMNS
+
+__all__ = ["TaskRows", "build_task"]
+
+_new = object.__new__
+_set = object.__setattr__
+# Every field of a built task is set; the one set is shared (pydantic only ever adds to it,
+# and it already holds every field).
+_ALL_FIELDS = {"id", "user_id", "title", "description", "complete", "created_at", "updated_at"}
+
+
+def build_task(
+    user_id: str,
+    task_id: int,
+    title: str,
+    description: str | None,
+    complete: bool,
+    created_at: datetime,
+    updated_at: datetime,
+) -> Task:
+    """A `Task` with these values, as if loaded (no validation: the values come from the
+    database, which holds only valid ones)."""
+    task = _new(Task)
+    _set(
+        task,
+        "__dict__",
+        {
+            "id": task_id,
+            "user_id": user_id,
+            "title": title,
+            "description": description,
+            "complete": complete,
+            "created_at": created_at,
+            "updated_at": updated_at,
+        },
+    )
+    _set(task, "__pydantic_fields_set__", _ALL_FIELDS)
+    _set(task, "__pydantic_extra__", None)
+    _set(task, "__pydantic_private__", None)
+    return task
+
+
+class TaskRows:
+    """A psycopg row factory: each row of `statements.COLUMNS` becomes a `Task` of `user_id`.
+
+    Timestamps arrive in UTC (each connection's TimeZone is set to UTC); any that do not
+    are converted. Equal timestamps in a row of the result
+    share one object (a task never changed has `updated_at == created_at`; tasks created
+    by one statement share their `created_at`), which keeps big results small.
+    """
+
+    __slots__ = ("user_id",)
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+
+    def __call__(self, cursor: Any) -> RowMaker[Any]:
+        # Several results may come back (the set-up statements of a transaction before
+        # the task statement): those with the task columns become tasks.
+        result = cursor.pgresult
+        if result is None or result.nfields != len(COLUMNS):
+            return tuple_row(cursor)
+        _configured()
+        return _maker(self.user_id)
+
+
+@functools.cache
+def _configured() -> None:
+    # Attribute access on a Task needs its mapper configured, which loading by the ORM
+    # would have done: once, on first use.
+    configure_mappers()
+
+
+def _maker(user_id: str) -> Callable[[Sequence[Any]], Task]:
+    last: list[datetime | None] = [None]
+
+    def make(values: Sequence[Any]) -> Task:
+        task_id, title, description, complete, created, updated = values
+        if created.tzinfo is not UTC:
+            # A session not (yet) in UTC: the connection's first result, or one set so.
+            created, updated = created.astimezone(UTC), updated.astimezone(UTC)
+        if created == last[0]:
+            created = last[0]
+        else:
+            last[0] = created
+        if updated == created:
+            updated = created
+        return build_task(user_id, task_id, title, description, complete, created, updated)
+
+    return make
