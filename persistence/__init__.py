@@ -32,6 +32,7 @@ from persistence.errors import (
     TaskValidationError,
     TransactionConflictError,
 )
+from persistence.extras import DISTRIBUTION, MissingExtraError
 from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
 from persistence.models import Task
 from persistence.repository import UNSET, TaskRepository
@@ -39,6 +40,7 @@ from persistence.transactions import run_in_transaction
 from persistence.unit_of_work import UnitOfWork
 
 __all__ = [
+    "DISTRIBUTION",
     "UNSET",
     "AsyncFakeUnitOfWork",
     "AsyncTaskRepository",
@@ -52,6 +54,7 @@ __all__ = [
     "FakeDatabase",
     "FakeUnitOfWork",
     "IntegrityViolationError",
+    "MissingExtraError",
     "PersistenceError",
     "PoolTimeoutError",
     "Settings",
