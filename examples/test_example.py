@@ -1,6 +1,6 @@
 """How a project that depends on `persistence` tests its own code.
 
-Nothing to set up: installing `persistence[embedded,test]` registers the pytest plugin,
+Nothing to set up: installing `todo-task-persistence[embedded,test]` registers the pytest plugin,
 whose fixtures give a throwaway database (embedded PostgreSQL unless TEST_DATABASE_URL
 is set), a unit of work rolled back after each test, and a task factory.
 """

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         TaskValidationError,
         TransactionConflictError,
     )
+    from persistence.extras import DISTRIBUTION, MissingExtraError
     from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
     from persistence.models import LIST_LIMIT_MAX, Task
     from persistence.repository import UNSET, TaskRepository
@@ -79,6 +80,8 @@ _HOMES = {
     "TaskNotFoundError": "errors",
     "TaskValidationError": "errors",
     "TransactionConflictError": "errors",
+    "DISTRIBUTION": "extras",
+    "MissingExtraError": "extras",
     "AsyncFakeUnitOfWork": "fake",
     "FakeDatabase": "fake",
     "FakeUnitOfWork": "fake",
@@ -91,6 +94,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "DISTRIBUTION",
     "LIST_LIMIT_MAX",
     "UNSET",
     "AsyncFakeUnitOfWork",
@@ -107,6 +111,7 @@ __all__ = [
     "FakeUnitOfWork",
     "IntegrityViolationError",
     "LastWrites",
+    "MissingExtraError",
     "PersistenceError",
     "PoolTimeoutError",
     "Settings",

@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from decouple import AutoConfig
 
 from persistence.errors import ConfigurationError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["DatabaseUrlOrigin", "Settings", "load_settings"]
+
+DatabaseUrlOrigin = Literal[
+    "environment", "file", "unset", "empty in the environment", "empty in the file", "given"
+]
+"""Where `Settings.database_url` came from. A variable set in the environment wins over
+`.env` even when it is empty, and an empty (or blank) `DATABASE_URL` counts as unset."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,18 @@ class Settings:
     """Default deadline of a unit of work, in seconds (`None`: none)."""
     idle_in_transaction_timeout: float | None = 60.0
     """Seconds a transaction may sit idle before the server ends it (`None`: unbounded)."""
+    database_url_origin: DatabaseUrlOrigin = "given"
+    """Where `database_url` came from ("given": passed to `Settings` directly)."""
+    database_url_in_file: bool = False
+    """Whether `.env` sets a non-empty `DATABASE_URL` (ignored if the environment has one)."""
 
     def __repr__(self) -> str:
         # The URL carries the password: never print it.
-        shown = "set" if self.database_url else "unset (embedded PostgreSQL)"
+        origin = self.database_url_origin
+        if self.database_url:
+            shown = f"set ({origin})"
+        else:
+            shown = f"{'unset' if origin in ('unset', 'given') else origin}: embedded PostgreSQL"
         test = "set" if self.test_database_url else "unset"
         return (
             f"Settings(database_url=<{shown}>, pool_size={self.pool_size}, "
@@ -95,16 +110,39 @@ def _read_urls(read: AutoConfig) -> tuple[str, ...]:
     return tuple(url.strip() for url in raw.split(",") if url.strip())
 
 
+def _in_file(read: AutoConfig, name: str) -> str | None:
+    # What the settings file alone says (decouple's `in` also looks at the environment);
+    # `None` when it does not set `name`. `read.config` exists once `read` was called.
+    try:
+        value = read.config.repository[name]
+    except KeyError:
+        return None
+    return None if value is None else str(value).strip()
+
+
+def _origin(url: str | None, in_file: str | None) -> DatabaseUrlOrigin:
+    if "DATABASE_URL" in os.environ:
+        return "environment" if url else "empty in the environment"
+    if in_file is None:
+        return "unset"
+    return "file" if in_file else "empty in the file"
+
+
 def load_settings(search_path: Path | None = None) -> Settings:
     """Read the settings now (environment first, then `.env` in `search_path` or the cwd).
 
-    Raises `ConfigurationError` naming the setting when a value is malformed.
+    A variable set in the environment wins even when empty; an empty `DATABASE_URL` counts
+    as unset (the embedded PostgreSQL). Raises `ConfigurationError` naming the setting when
+    a value is malformed.
     """
     read = _reader(search_path)
     url = str(read("DATABASE_URL", default="")).strip() or None
+    in_file = _in_file(read, "DATABASE_URL")
     test_url = str(read("TEST_DATABASE_URL", default="")).strip() or None
     return Settings(
         database_url=url,
+        database_url_origin=_origin(url, in_file),
+        database_url_in_file=bool(in_file),
         test_database_url=test_url,
         pool_size=int(_number(read, "PERSISTENCE_POOL_SIZE", 5, 1, whole=True)),
         max_overflow=int(_number(read, "PERSISTENCE_MAX_OVERFLOW", 15, 0, whole=True)),

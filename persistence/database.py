@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from sqlalchemy import URL, Engine, event, make_url
@@ -47,7 +49,8 @@ def normalize_url(raw: str | URL) -> URL:
 
     `postgres://`, `postgresql://` and `postgresql+psycopg://` all mean psycopg 3; query
     parameters such as `sslmode=require&channel_binding=require` pass through to libpq.
-    Raises `ConfigurationError` (without echoing the password) for anything else.
+    Raises `ConfigurationError` (echoing no part of the password) for anything else: another
+    scheme, a port that is not a number, or an unencoded "@" in the user name or password.
     """
     if isinstance(raw, URL):
         url = raw
@@ -55,20 +58,45 @@ def normalize_url(raw: str | URL) -> URL:
         text = raw.strip()
         if text.startswith("postgres://"):
             text = "postgresql://" + text.removeprefix("postgres://")
+        # The password as written (maybe percent-encoded), so that it is scrubbed too.
+        written = _WRITTEN_PASSWORD.match(text)
+        register_secret(written.group(1) if written else None)
+        if text.count("@") > 1:
+            # SQLAlchemy (and libpq) end the password at the first "@": the rest of it
+            # would become the host and be echoed in every connection error.
+            raise ConfigurationError(
+                "DATABASE_URL has more than one '@': only the one before the host may be "
+                f"written as is. {_ENCODE_ADVICE}"
+            )
         try:
             url = make_url(text)
         except ArgumentError:
+            raise ConfigurationError(f"DATABASE_URL is not a valid URL: {_SHAPE}") from None
+        except ValueError:
+            # SQLAlchemy's int() of the port. Its text is not echoed: in a URL that lacks
+            # the "@", what stands in the port's place is the password.
             raise ConfigurationError(
-                "DATABASE_URL is not a valid URL: expected "
-                "postgresql://user:password@host/database[?sslmode=require]"
+                f"DATABASE_URL's port is not a number: {_SHAPE}. {_ENCODE_ADVICE}"
             ) from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigurationError(f"DATABASE_URL's port must be 1 to 65535: {_SHAPE}")
     if url.drivername not in _SCHEMES:
         raise ConfigurationError(
             f"DATABASE_URL must be a PostgreSQL URL (postgresql://...), got scheme "
             f"{url.drivername!r}"
         )
-    register_secret(url.password if isinstance(url.password, str) else None)
+    password = url.password if isinstance(url.password, str) else None
+    register_secret(password)
+    register_secret(quote(password, safe="") if password else None)
     return url.set(drivername="postgresql+psycopg")
+
+
+_SHAPE = "expected postgresql://user:password@host[:port]/database[?sslmode=require]"
+_ENCODE_ADVICE = (
+    "In the user name and password, write '@' as %40, ':' as %3A, '/' as %2F and '%' as %25."
+)
+# SQLAlchemy's own split: the user name ends at the first ":", the password at the next "@".
+_WRITTEN_PASSWORD = re.compile(r"[\w+]+://[^:/]*:([^@]*)@")
 
 
 def _connect_translating(
@@ -133,7 +161,7 @@ def create_engine(url: str | URL, settings: Settings | None = None, **overrides:
 
 
 def configured_url(settings: Settings) -> str:
-    """`DATABASE_URL`, or the embedded PostgreSQL's URL (started now) when it is unset.
+    """`DATABASE_URL`, or the embedded PostgreSQL's URL (started now) when it is unset or empty.
 
     Raises `ConfigurationError` when the `embedded` extra is missing.
     """

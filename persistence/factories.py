@@ -1,15 +1,29 @@
-"""factory-boy factories that make valid tasks through the public API (needs `factory-boy`)."""
+"""factory-boy factories that make valid tasks through the public API.
+
+Importing it without factory-boy (the `test` extra) raises `MissingExtraError`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from factory.base import Factory
-from factory.declarations import Sequence
 from sqlalchemy import Connection, Engine
 
+from persistence.extras import MissingExtraError
 from persistence.models import Task, TaskCreate, validate
 from persistence.unit_of_work import UnitOfWork
+
+try:
+    from factory.base import Factory
+    from factory.declarations import Sequence
+except ImportError:
+    # The `test` extra brings factory-boy: say so, rather than which module is missing.
+    raise MissingExtraError(
+        "TaskFactory (persistence.testing.TaskFactory, the task_factory fixture)",
+        "factory-boy",
+        extra="test",
+        module="factory",
+    ) from None
 
 __all__ = ["TaskFactory"]
 

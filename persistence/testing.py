@@ -66,7 +66,8 @@ FakeAsyncUnitOfWork = AsyncFakeUnitOfWork
 
 
 def __getattr__(name: str) -> Any:
-    # `TaskFactory` needs factory-boy (the `test` extra): imported only when asked for.
+    # `TaskFactory` needs factory-boy (the `test` extra): imported only when asked for;
+    # without it, `MissingExtraError` names the extra.
     if name == "TaskFactory":
         from persistence.factories import TaskFactory
 
@@ -182,7 +183,8 @@ def task_factory(request: pytest.FixtureRequest, persistence_connection: Connect
     """`TaskFactory` bound to the test's connection: tasks made through validation.
 
     Raises `PersistenceError` in a test that uses `async_uow`, whose connection could not
-    see the tasks: seed those with `await async_uow.tasks.create_many(...)`.
+    see the tasks: seed those with `await async_uow.tasks.create_many(...)`; and
+    `MissingExtraError` (naming the `test` extra) when factory-boy is not installed.
     """
     if "async_uow" in request.fixturenames:
         raise PersistenceError(

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from persistence import ConfigurationError, load_settings
+from persistence import ConfigurationError, UnitOfWork, dispose_engine, load_settings
+from persistence.async_database import create_async_engine
 from persistence.database import create_engine, normalize_url
+from persistence.errors import scrub
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -50,6 +55,101 @@ def test_a_bad_url_is_a_configuration_error_without_the_password(raw: str, messa
     with pytest.raises(ConfigurationError, match=message) as raised:
         normalize_url(raw)
     assert "hunter2" not in str(raised.value)
+
+
+# What the password was in each URL below: no part of it may be echoed.
+_PARTS = ("Zq7", "Xw9")
+
+
+@pytest.fixture
+def database_url_is(monkeypatch: pytest.MonkeyPatch):
+    """Set DATABASE_URL for `UnitOfWork()`'s default engine, rebuilt from it."""
+
+    def set_it(url: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", url)
+        dispose_engine()
+
+    yield set_it
+    dispose_engine()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://u:p@host:abc/db",
+        "postgresql://u:Zq7Xw9/db",  # no "@": the password stands where the port goes
+        "postgresql://u:Zq7Xw9@host:99999/db",
+    ],
+)
+def test_a_bad_port_is_a_configuration_error_everywhere_echoing_nothing(database_url_is, raw: str):
+    def enter_default() -> None:
+        with UnitOfWork() as uow:
+            uow.tasks.count(user_id="u")
+
+    database_url_is(raw)
+    for build in (normalize_url, create_engine, create_async_engine, lambda _: enter_default()):
+        with pytest.raises(ConfigurationError, match="DATABASE_URL's port ") as raised:
+            build(raw)
+        # Nothing chained: no ValueError whose text (the "port") would be printed too.
+        assert raised.value.__cause__ is None
+        assert raised.value.__context__ is None or raised.value.__suppress_context__
+        for part in _PARTS:
+            assert part not in str(raised.value)
+        assert "postgresql://user:password@host[:port]/database" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://u:Zq7@Xw9@127.0.0.1/db",
+        "postgresql://u:Zq7@Xw9/x@127.0.0.1/db",
+        "postgresql://u:Zq7@Xw9@127.0.0.1:abc/db",
+    ],
+)
+def test_an_unencoded_at_in_the_password_is_refused_echoing_no_part_of_it(
+    database_url_is, raw: str
+):
+    database_url_is(raw)
+    for build in (normalize_url, create_engine, lambda _: UnitOfWork().__enter__()):
+        with pytest.raises(ConfigurationError, match="more than one '@'") as raised:
+            build(raw)
+        assert "write '@' as %40" in str(raised.value)
+        for part in _PARTS:
+            assert part not in str(raised.value)
+
+
+def test_a_percent_encoded_password_is_decoded_and_scrubbed_in_both_forms():
+    url = normalize_url("postgresql://u:Zq7%40Xw9%3A%2F%25@127.0.0.1/db")
+    assert (url.password, url.host) == ("Zq7@Xw9:/%", "127.0.0.1")
+    assert scrub("x:Zq7%40Xw9%3A%2F%25@h and x:Zq7@Xw9:/%@h") == "x:***@h and x:***@h"
+
+
+@pytest.mark.parametrize(
+    ("environment", "dot_env", "url", "origin"),
+    [
+        (None, None, None, "unset"),
+        (None, "postgresql://from-file/db", "postgresql://from-file/db", "file"),
+        ("postgresql://env/db", "postgresql://file/db", "postgresql://env/db", "environment"),
+        ("", "postgresql://from-file/db", None, "empty in the environment"),
+        ("  ", None, None, "empty in the environment"),
+        (None, "", None, "empty in the file"),
+    ],
+)
+def test_where_database_url_came_from_is_recorded_and_empty_counts_as_unset(
+    monkeypatch, tmp_path: Path, environment, dot_env, url, origin
+):
+    # python-decouple's rule, kept: a variable set in the environment wins over `.env` even
+    # when empty, so `export DATABASE_URL=` hides the file's value and means "embedded".
+    if dot_env is not None:
+        (tmp_path / ".env").write_text(f"DATABASE_URL={dot_env}\n")
+    if environment is None:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("DATABASE_URL", environment)
+    settings = load_settings(tmp_path)
+    assert (settings.database_url, settings.database_url_origin) == (url, origin)
+    assert settings.database_url_in_file == bool(dot_env)
+    assert origin in repr(settings) or origin == "unset"
 
 
 def test_settings_come_from_the_environment_first(monkeypatch, tmp_path: Path):
@@ -143,7 +243,9 @@ def test_without_database_url_or_the_embedded_extra_a_clear_error_says_what_to_d
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert "DATABASE_URL is not set" in done.stdout, done.stderr
-    assert "pip install 'persistence[embedded]'" in done.stdout
+    # The name pip installs, as pyproject.toml gives it (`persistence` on PyPI is Zope's).
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert f"pip install '{name}[embedded]'" in done.stdout
 
 
 def test_cold_start_settings_reach_the_pool_and_the_connection(

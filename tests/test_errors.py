@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import psycopg
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import Engine, insert
 from sqlmodel import col, select
 
 from persistence import (
+    AuthenticationError,
     ConnectionLostError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -22,6 +24,7 @@ from persistence import (
     UnitOfWork,
     create_engine,
 )
+from persistence.database import normalize_url
 from persistence.errors import driver_errors
 from persistence.testing import TestDatabase
 from tests.conftest import backend_pid, terminate
@@ -125,3 +128,21 @@ def test_a_short_password_is_scrubbed_only_where_a_password_stands():
     )
     register_secret("long-enough-secret")
     assert scrub("it said long-enough-secret somewhere") == "it said *** somewhere"
+
+
+def test_a_refused_login_names_no_sqlstate_it_does_not_have(persistence_database: TestDatabase):
+    # libpq refuses a login while connecting without a SQLSTATE: the message said "SQLSTATE
+    # None". The server itself, not a pooler in front of it, whose answer to an unknown user
+    # varies.
+    direct = os.environ.get("PERSISTENCE_TEST_DIRECT_URL") or persistence_database.url
+    url = normalize_url(direct).set(username="no_such_role_here", password="wrong-password")
+    engine = create_engine(url)
+    try:
+        with pytest.raises(AuthenticationError) as raised, UnitOfWork(engine) as uow:
+            uow.tasks.count(user_id="alice")
+    finally:
+        engine.dispose()
+    assert raised.value.sqlstate is None
+    assert "refused the credentials in DATABASE_URL: " in str(raised.value)
+    assert "SQLSTATE" not in str(raised.value)
+    assert "wrong-password" not in str(raised.value)
