@@ -76,6 +76,8 @@ log "using PgBouncer $VERSION"
 mkdir -p "$DIR"
 chown "$RUN_AS:" "$DIR"
 chmod 0750 "$DIR"
+runuser -u "$RUN_AS" -- test -w "$DIR" ||
+  die "the $RUN_AS user cannot write in $DIR: its parent folders must let it through (chmod o+x)"
 
 # auth_type = trust still requires the user to be listed in auth_file.
 printf '"postgres" ""\n' >"$DIR/userlist.txt"
