@@ -4,7 +4,8 @@
 # client only). It touches nothing it did not start: its config, log and pid file live in DIR,
 # and any other PgBouncer (Debian's service on 6432, say) is left alone.
 #
-#   usage: .ci/pgbouncer.sh [DIR]       start; DIR defaults to a new temporary folder
+#   usage: .ci/pgbouncer.sh [DIR]       start; DIR defaults to a new temporary folder,
+#                                       removed when PgBouncer stops
 #          .ci/pgbouncer.sh stop DIR    stop the PgBouncer started with DIR
 #
 # PgBouncer stops when the process $PERSISTENCE_OWNER_PID (default: the caller, see lib.sh)
@@ -40,6 +41,7 @@ stop() { # stop DIR
   for _ in $(seq 1 200); do
     if ! ours "$dir" "$pid"; then
       log "stopped PgBouncer (pid $pid)"
+      if [ -e "$dir/.temporary" ]; then rm -rf "$dir"; fi
       return 0
     fi
     sleep 0.05
@@ -55,7 +57,12 @@ fi
 
 OWNER="$(owner_pid)"
 OWNER_STARTED="$(started "$OWNER")" || die "the owner process $OWNER is not running"
-DIR="${1:-$(mktemp -d /tmp/persistence-pgbouncer.XXXXXX)}"
+if [ -n "${1:-}" ]; then
+  DIR="$1"
+else # a folder of its own, removed when PgBouncer stops
+  DIR="$(mktemp -d /tmp/persistence-pgbouncer.XXXXXX)"
+  touch "$DIR/.temporary"
+fi
 
 # --- install ------------------------------------------------------------------
 if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
@@ -73,20 +80,19 @@ VERSION="$("$PGBOUNCER" --version | awk 'NR==1 {print $2}')"
 log "using PgBouncer $VERSION"
 
 # --- config -------------------------------------------------------------------
-mkdir -p "$DIR"
-chown "$RUN_AS:" "$DIR"
-chmod 0750 "$DIR"
-runuser -u "$RUN_AS" -- test -w "$DIR" ||
-  die "the $RUN_AS user cannot write in $DIR: its parent folders must let it through (chmod o+x)"
-
-# auth_type = trust still requires the user to be listed in auth_file.
-printf '"postgres" ""\n' >"$DIR/userlist.txt"
-
 PREPARED=""
 # max_prepared_statements exists from PgBouncer 1.21 on; 0 keeps it disabled.
 if printf '%s\n%s\n' 1.21.0 "$VERSION" | sort -V -C; then
   PREPARED="max_prepared_statements = 0"
 fi
+
+mkdir -p "$DIR"
+chown "$RUN_AS:" "$DIR"
+chmod 0750 "$DIR"
+runuser -u "$RUN_AS" -- test -w "$DIR" ||
+  die "the $RUN_AS user cannot write in $DIR: its parent folders must let it through (chmod o+x)"
+# auth_type = trust still requires the user to be listed in auth_file.
+printf '"postgres" ""\n' >"$DIR/userlist.txt"
 
 write_config() { # write_config PORT
   cat >"$DIR/pgbouncer.ini" <<EOF
@@ -136,6 +142,9 @@ while [ "$(started "$owner")" = "$owner_started" ] && started "$child" >/dev/nul
 done
 kill -TERM "$child" 2>/dev/null
 wait "$child"
+if [ -e "$dir/.temporary" ] && [ "$(started "$owner")" != "$owner_started" ]; then
+  rm -rf "$dir"
+fi
 '
 
 # --- start --------------------------------------------------------------------
