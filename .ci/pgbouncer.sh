@@ -9,7 +9,8 @@
 #          .ci/pgbouncer.sh stop DIR    stop the PgBouncer started with DIR
 #
 # PgBouncer stops when the process $PERSISTENCE_OWNER_PID (default: the caller, see lib.sh)
-# exits, even if it is killed: a small supervisor in a session of its own runs it and follows that process.
+# exits, even if it is killed: a small supervisor, in a session of its own, runs it and
+# follows that process.
 # Installs Debian's pgbouncer if missing (apt); runs as root, PgBouncer as the `postgres` user.
 # Everything goes to stderr except the last line on stdout: the database URL.
 set -euo pipefail
