@@ -128,7 +128,8 @@ def sync(url: URL, counts: list[int], seconds: float = 3.0) -> None:
         print(f"| {n} | {mine:,.0f} | {theirs:,.0f} | {mine / theirs:.2f} |", flush=True)
         figures.append(
             at_least(
-                f"sync throughput, {n} threads, persistence / psycopg ConnectionPool",
+                f"sync throughput, {n} thread{'s' if n > 1 else ''}, "
+                "persistence / psycopg ConnectionPool",
                 mine / theirs,
                 TARGET,
             )
