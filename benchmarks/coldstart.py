@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,14 @@ def _own_imports_us(code: str) -> tuple[int, int | None]:
     return total, package_line
 
 
+def _cpu_ms(code: str) -> float:
+    """User + sys CPU ms of a fresh `python -c code`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+
+
 def _loaded(code: str) -> dict[str, bool]:
     program = (
         f"{code}\nimport json, sys\n"
@@ -91,14 +100,17 @@ def imports(runs: int = 5) -> None:
     print(
         "The cumulative µs of every top-level import the statement triggers (for "
         "`import persistence`: its own line), in a fresh interpreter; a first, untimed run "
-        "writes the bytecode caches.\n"
+        "writes the bytecode caches. Import time is wall time and swings with the machine's "
+        "load; the CPU column (user + sys of `python -c <statement>` less that of "
+        "`python -c pass`, median, no -X importtime) swings less.\n"
     )
     print(
-        "| statement | ms (median) | min ms | "
+        "| statement | ms (median) | min ms | CPU ms | "
         + " | ".join(f"`{m}` loaded" for m in _ASYNC_MODULES)
         + " |"
     )
-    print("|---|---|---|" + "---|" * len(_ASYNC_MODULES))
+    print("|---|---|---|---|" + "---|" * len(_ASYNC_MODULES))
+    bare = statistics.median(_cpu_ms("pass") for _ in range(runs))
     figures = []
     for label, code in _STATEMENTS.items():
         _own_imports_us(code)
@@ -108,8 +120,9 @@ def imports(runs: int = 5) -> None:
             samples.append(package_line if code == "import persistence" and package_line else total)
         ms = statistics.median(samples) / 1000
         loaded = _loaded(code)
+        cpu_ms = statistics.median(_cpu_ms(code) for _ in range(runs)) - bare
         print(
-            f"| `{label}` | {ms:.0f} | {min(samples) / 1000:.0f} | "
+            f"| `{label}` | {ms:.0f} | {min(samples) / 1000:.0f} | {cpu_ms:.0f} | "
             + " | ".join("yes" if loaded[m] else "no" for m in _ASYNC_MODULES)
             + " |",
             flush=True,
@@ -118,7 +131,11 @@ def imports(runs: int = 5) -> None:
             at_most(f'`python -X importtime -c "{code}"`, ms', ms, IMPORT_TARGET_MS, "{:.0f}")
         )
         for module in ("asyncio", "sqlalchemy.ext.asyncio"):
-            figures.append(_absent(f"`{module}` not in sys.modules after `{code}`", loaded[module]))
+            figures.append(
+                _absent(
+                    f"`{module}` not in sys.modules after `{code}` (What to build)", loaded[module]
+                )
+            )
     loaded_by_sqlalchemy = _loaded("import sqlalchemy")["asyncio"]
     print(
         f"\n(For reference: `import sqlalchemy` alone loads asyncio: "
