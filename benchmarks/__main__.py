@@ -1,492 +1,189 @@
-"""`python -m benchmarks`: round trips and timings of units of work, bulk rows/s, keyset pages.
+"""`python -m benchmarks`: issue 10's targets measured side by side, plus round trips,
+concurrency, bulk rows/s and keyset pages.
 
 Runs against the server of TEST_DATABASE_URL (else DATABASE_URL, else the embedded
-PostgreSQL), in a database `persistence_bench` that it creates and keeps (so the 1M-row
-page benchmark seeds once). Each unit of work runs through a latency-injecting proxy; the
-table shows, per RTT, the median wall time and the round trips counted by the proxy, for
-this package, plain SQLModel (the usual tutorial code) and raw psycopg in a pipeline.
+PostgreSQL), in a database `persistence_bench` that it creates and keeps (seeded rows
+survive across runs). Every target figure is a ratio of this package to raw psycopg
+measured in the same run, printed with its target and PASS/MISS; a summary ends the run.
+`--only cpu,throughput` runs some sections only.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
+import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-import sqlmodel
-from sqlalchemy import URL, Engine, text
-from sqlmodel import Session, col, select
+from sqlalchemy import URL
 
-from benchmarks.proxy import LatencyProxy, target_of
-from persistence import (
-    AsyncUnitOfWork,
-    Task,
-    UnitOfWork,
-    create_async_engine,
-    create_engine,
-    init_db,
+from benchmarks import (
+    bulk,
+    churn,
+    coldstart,
+    cpu,
+    latency,
+    memory,
+    pages,
+    roundtrips,
+    throughput,
 )
-from persistence.database import normalize_url
-from persistence.models import TaskCreate
-from persistence.testing import server_url
-
-DATABASE = "persistence_bench"
-USER = "bench-user"
-
-Work = Callable[[], Any]
+from benchmarks.common import bench_url, dispose, package, shown
+from benchmarks.summary import print_summary
 
 
-def _bench_url() -> URL:
-    base = normalize_url(server_url())
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
-    with admin.connect() as connection:
-        exists = connection.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": DATABASE}
-        ).first()
-        if exists is None:
-            connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
-    admin.dispose()
-    return base.set(database=DATABASE)
+@dataclass(frozen=True)
+class Section:
+    help: str
+    run: Callable[[Any, argparse.Namespace], None]
+    needs_database: bool = True
 
 
-def _through(url: URL, proxy: LatencyProxy) -> URL:
-    query = {k: v for k, v in url.query.items() if k != "host"}
-    return url.set(host="127.0.0.1", port=proxy.port, query=query)
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
-def _libpq(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-# --- the three implementations of each unit of work -------------------------------------
-
-
-class Ours:
-    """This package."""
-
-    name = "persistence"
-
-    def __init__(self, url: URL) -> None:
-        self.engine = create_engine(url)
-        self.task_id = self.create()
-
-    def list(self) -> None:
-        with UnitOfWork(self.engine) as uow:
-            uow.tasks.list(user_id=USER, limit=50)
-
-    def create(self) -> int:
-        with UnitOfWork(self.engine) as uow:
-            return uow.tasks.create(user_id=USER, title="bench").id
-
-    def toggle(self) -> None:
-        with UnitOfWork(self.engine) as uow:
-            uow.tasks.toggle_complete(user_id=USER, task_id=self.task_id)
-
-    def mixed(self) -> None:
-        with UnitOfWork(self.engine) as uow:
-            task = uow.tasks.create(user_id=USER, title="bench")
-            uow.tasks.toggle_complete(user_id=USER, task_id=task.id)
-            uow.tasks.list(user_id=USER, limit=50)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-class OursAsync:
-    """This package's `AsyncUnitOfWork`, each unit of work awaited on a private loop."""
-
-    name = "persistence async"
-
-    def __init__(self, url: URL) -> None:
-        self.runner = asyncio.Runner()
-        self.engine = create_async_engine(url)
-        self.task_id = self.create()
-
-    def _run(self, work: Callable[[AsyncUnitOfWork], Awaitable[Any]]) -> Any:
-        async def unit() -> Any:
-            async with AsyncUnitOfWork(self.engine) as uow:
-                return await work(uow)
-
-        return self.runner.run(unit())
-
-    def list(self) -> None:
-        self._run(lambda uow: uow.tasks.list(user_id=USER, limit=50))
-
-    def create(self) -> int:
-        async def create(uow: AsyncUnitOfWork) -> int:
-            return (await uow.tasks.create(user_id=USER, title="bench")).id
-
-        return int(self._run(create))
-
-    def toggle(self) -> None:
-        self._run(lambda uow: uow.tasks.toggle_complete(user_id=USER, task_id=self.task_id))
-
-    def mixed(self) -> None:
-        async def mixed(uow: AsyncUnitOfWork) -> None:
-            task = await uow.tasks.create(user_id=USER, title="bench")
-            await uow.tasks.toggle_complete(user_id=USER, task_id=task.id)
-            await uow.tasks.list(user_id=USER, limit=50)
-
-        self._run(mixed)
-
-    def close(self) -> None:
-        self.runner.run(self.engine.dispose())
-        self.runner.close()
-
-
-class PlainSQLModel:
-    """SQLModel as tutorials write it: a Session per unit of work, psycopg defaults."""
-
-    name = "plain SQLModel"
-
-    def __init__(self, url: URL) -> None:
-        self.engine: Engine = sqlmodel.create_engine(url)
-        with Session(self.engine) as session:
-            task = Task(user_id=USER, title="bench")
-            session.add(task)
-            session.commit()
-            session.refresh(task)
-            self.task_id = task.id
-
-    def _listed(self, session: Session) -> list[Task]:
-        statement = (
-            select(Task)
-            .where(col(Task.user_id) == USER)
-            .order_by(col(Task.created_at).desc(), col(Task.id).desc())
-            .limit(50)
-        )
-        return list(session.exec(statement).all())
-
-    def list(self) -> None:
-        with Session(self.engine) as session:
-            self._listed(session)
-
-    def create(self) -> None:
-        with Session(self.engine) as session:
-            session.add(Task(user_id=USER, title="bench"))
-            session.commit()
-
-    def toggle(self) -> None:
-        with Session(self.engine) as session:
-            task = session.get(Task, self.task_id)
-            assert task is not None
-            task.complete = not task.complete
-            session.commit()
-
-    def mixed(self) -> None:
-        with Session(self.engine) as session:
-            task = Task(user_id=USER, title="bench")
-            session.add(task)
-            session.flush()
-            task.complete = not task.complete
-            session.flush()
-            self._listed(session)
-            session.commit()
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-_INSERT = "INSERT INTO tasks (user_id, title) VALUES (%s, %s) RETURNING *"
-_TOGGLE = (
-    "UPDATE tasks SET complete = NOT complete, updated_at = statement_timestamp() "
-    "WHERE user_id = %s AND id = %s RETURNING *"
-)
-_LIST = "SELECT * FROM tasks WHERE user_id = %s ORDER BY created_at DESC, id DESC LIMIT 50"
-
-
-class RawPsycopg:
-    """Hand-written psycopg 3 in pipeline mode: BEGIN rides with the first statement, each
-    later statement waits for the one before (its input may depend on it), then COMMIT."""
-
-    name = "raw psycopg"
-
-    def __init__(self, url: URL) -> None:
-        self.connection = psycopg.connect(_libpq(url), autocommit=True, prepare_threshold=None)
-        self.task_id = self.create()
-
-    def list(self) -> None:
-        self.connection.execute(_LIST, (USER,)).fetchall()
-
-    def create(self) -> int:
-        with self.connection.pipeline():
-            self.connection.execute("BEGIN")
-            row = self.connection.execute(_INSERT, (USER, "bench"))
-        task_id = int(row.fetchone()[0])  # type: ignore[index]
-        self.connection.execute("COMMIT")
-        return task_id
-
-    def toggle(self) -> None:
-        with self.connection.pipeline():
-            self.connection.execute("BEGIN")
-            cursor = self.connection.execute(_TOGGLE, (USER, self.task_id))
-        cursor.fetchall()
-        self.connection.execute("COMMIT")
-
-    def mixed(self) -> None:
-        with self.connection.pipeline():
-            self.connection.execute("BEGIN")
-            row = self.connection.execute(_INSERT, (USER, "bench"))
-        task_id = row.fetchone()[0]  # type: ignore[index]
-        self.connection.execute(_TOGGLE, (USER, task_id)).fetchall()
-        self.connection.execute(_LIST, (USER,)).fetchall()
-        self.connection.execute("COMMIT")
-
-    def close(self) -> None:
-        self.connection.close()
-
-
-IMPLEMENTATIONS = (Ours, OursAsync, PlainSQLModel, RawPsycopg)
-RAW = len(IMPLEMENTATIONS) - 1
-OPERATIONS = ("list", "create", "toggle", "mixed")
-LABELS = {
-    "list": "only reads (one list)",
-    "create": "create one task",
-    "toggle": "toggle_complete one task",
-    "mixed": "create + toggle + list",
+SECTIONS: dict[str, Section] = {
+    "cpu": Section(
+        "callgrind instructions per unit of work (list, create, toggle, mixed)",
+        lambda url, a: cpu.run(url, a.cpu_units, a.cpu_warm),
+    ),
+    "wall": Section(
+        "mixed unit wall time at 1 ms injected RTT, interleaved runs",
+        lambda url, a: latency.run(url, a.wall_reps, a.wall_rtt),
+    ),
+    "throughput": Section(
+        "sync throughput at 1-16 threads vs psycopg_pool.ConnectionPool",
+        lambda url, a: throughput.sync(url, _ints(a.threads), a.duration),
+    ),
+    "async-throughput": Section(
+        "async throughput at 50 and 200 tasks vs psycopg_pool.AsyncConnectionPool",
+        lambda url, a: throughput.run_async(url, _ints(a.tasks), a.duration),
+    ),
+    "connections": Section(
+        "connections opened by the default pool under 200 async tasks / 50 threads",
+        lambda url, a: churn.run(url, a.churn_seconds),
+    ),
+    "create-many": Section(
+        "create_many of 100k rows vs the package's own SQL sent raw",
+        lambda url, a: bulk.create_many_raw(url, a.create_many_rows, a.create_many_reps),
+    ),
+    "memory": Section(
+        "bytes per row of listing 100k tasks vs raw fetchall (tracemalloc)",
+        lambda url, a: memory.run(url, a.list_rows),
+    ),
+    "first-unit": Section(
+        "round trips of a fresh process's first unit of work, plain and TLS + SCRAM",
+        lambda url, a: coldstart.first_units(url, a.tls_url),
+    ),
+    "import": Section(
+        "import time of `import persistence` and what it loads",
+        lambda url, a: coldstart.imports(a.import_runs),
+        needs_database=False,
+    ),
+    "roundtrips": Section(
+        "units of work at several RTTs: median ms and round trips",
+        lambda url, a: roundtrips.table(url, _floats(a.rtts), a.reps),
+    ),
+    "concurrency": Section(
+        "200 concurrent async tasks on a pool of 10 at several RTTs",
+        lambda url, a: roundtrips.concurrency(url, _floats(a.rtts)),
+    ),
+    "bulk": Section(
+        "create_many of --bulk-rows vs plain SQLModel and a multi-row VALUES",
+        lambda url, a: bulk.bulk(url, a.bulk_rows, max(a.reps, 5)),
+    ),
+    "pages": Section(
+        "keyset pages on --page-rows seeded rows (0 skips)",
+        lambda url, a: pages.run(url, a.page_rows, max(a.reps, 5)) if a.page_rows else None,
+    ),
 }
 
 
-def _measure(proxy: LatencyProxy, work: Work, reps: int) -> tuple[float, int]:
-    work()  # warm: caches, the pool's connection
-    timings, trips = [], []
-    for _ in range(reps):
-        proxy.reset_counts()
-        started = time.perf_counter()
-        work()
-        timings.append((time.perf_counter() - started) * 1000)
-        trips.append(proxy.round_trips)
-    # The median: psycopg's defaults prepare a statement on its 5th run, one extra trip.
-    return statistics.median(timings), int(statistics.median(trips))
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part]
 
 
-def round_trip_table(url: URL, rtts: list[float], reps: int) -> None:
-    print("\n## Units of work: median ms and round trips counted by the proxy\n")
-    header = "| unit of work | RTT ms | " + " | ".join(i.name for i in IMPLEMENTATIONS)
-    print(header + " | eff. RT (ours) | ours / raw |")
-    print("|---" * (len(IMPLEMENTATIONS) + 4) + "|")
-    target = target_of(url.host, url.port, _socket_dir(url))
-    with LatencyProxy(target) as proxy:
-        impls = [impl(_through(url, proxy)) for impl in IMPLEMENTATIONS]
-        try:
-            for operation in OPERATIONS:
-                for rtt in rtts:
-                    proxy.rtt_ms = rtt
-                    cells, results = [], []
-                    for impl in impls:
-                        ms, trips = _measure(proxy, getattr(impl, operation), reps)
-                        results.append(ms)
-                        cells.append(f"{ms:.1f} ms, {trips} RT")
-                    effective = f"{results[0] / rtt:.2f}" if rtt else "-"
-                    ratio = f"{results[0] / results[RAW]:.2f}x"
-                    print(
-                        f"| {LABELS[operation]} | {rtt:g} | "
-                        + " | ".join(cells)
-                        + f" | {effective} | {ratio} |"
-                    )
-                    sys.stdout.flush()
-        finally:
-            for impl in impls:
-                impl.close()
-
-
-def concurrency(url: URL, rtts: list[float], tasks: int = 200, pool: int = 10) -> None:
-    print(f"\n## {tasks} concurrent tasks on one event loop, a pool of {pool}\n")
-    print("Each task runs one unit of work: create + toggle_complete + list.\n")
-    print("| RTT ms | wall s | units of work/s | round trips |")
-    print("|---|---|---|---|")
-    target = target_of(url.host, url.port, _socket_dir(url))
-    with LatencyProxy(target) as proxy:
-        through = _through(url, proxy)
-
-        async def run() -> float:
-            engine = create_async_engine(through, pool_size=pool, max_overflow=0)
-
-            async def one(n: int) -> None:
-                async with AsyncUnitOfWork(engine) as uow:
-                    task = await uow.tasks.create(user_id=f"{USER}-{n % 20}", title="c")
-                    await uow.tasks.toggle_complete(user_id=f"{USER}-{n % 20}", task_id=task.id)
-                    await uow.tasks.list(user_id=f"{USER}-{n % 20}", limit=50)
-
-            await asyncio.gather(*(one(n) for n in range(pool)))  # open the pool
-            proxy.reset_counts()
-            started = time.perf_counter()
-            await asyncio.gather(*(one(n) for n in range(tasks)))
-            elapsed = time.perf_counter() - started
-            await engine.dispose()
-            return elapsed
-
-        for rtt in rtts:
-            proxy.rtt_ms = rtt
-            elapsed = asyncio.run(run())
-            print(
-                f"| {rtt:g} | {elapsed:.2f} | {tasks / elapsed:,.0f} | "
-                f"{proxy.round_trips} ({proxy.round_trips / tasks:.1f} a unit) |"
-            )
-
-
-def _socket_dir(url: URL) -> str | None:
-    value = url.query.get("host")
-    return value if isinstance(value, str) else None
-
-
-# --- bulk ---------------------------------------------------------------------------------
-
-
-def _items(n: int) -> list[dict[str, Any]]:
-    return [{"title": f"bulk task {i}", "description": None} for i in range(n)]
-
-
-def bulk(url: URL, rows: int, reps: int) -> None:
-    print(f"\n## Bulk create: {rows} tasks per unit of work, rows/s (median of {reps})\n")
-    items = _items(rows)
-    engine = create_engine(url)
-    plain = sqlmodel.create_engine(url)
-    raw = psycopg.connect(_libpq(url), autocommit=True, prepare_threshold=None)
-
-    def ours() -> None:
-        with UnitOfWork(engine) as uow:
-            uow.tasks.create_many(user_id="bulk", items=items)
-
-    def plain_sqlmodel() -> None:
-        with Session(plain) as session:
-            tasks = [
-                Task.model_validate(TaskCreate.model_validate({**i, "user_id": "bulk"}))
-                for i in items
-            ]
-            session.add_all(tasks)
-            session.commit()
-
-    statement = (
-        "INSERT INTO tasks (user_id, title, description) VALUES "
-        + ",".join(["(%s, %s, %s)"] * rows)
-        + " RETURNING *"
-    )
-
-    def raw_psycopg() -> None:
-        params: list[Any] = []
-        for item in items:
-            params += ["bulk", item["title"], item["description"]]
-        with raw.transaction():
-            raw.execute(statement, params).fetchall()
-
-    results = {}
-    for name, work in (
-        ("persistence", ours),
-        ("plain SQLModel", plain_sqlmodel),
-        ("raw psycopg", raw_psycopg),
-    ):
-        work()
-        timings = []
-        for _ in range(reps):
-            started = time.perf_counter()
-            work()
-            timings.append(time.perf_counter() - started)
-        results[name] = rows / statistics.median(timings)
-    print("| implementation | rows/s |")
-    print("|---|---|")
-    for name, rate in results.items():
-        print(f"| {name} | {rate:,.0f} |")
-    ours_rate = results["persistence"]
-    print(
-        f"\npersistence = {ours_rate / results['plain SQLModel']:.1f}x plain SQLModel, "
-        f"{ours_rate / results['raw psycopg'] * 100:.0f}% of raw psycopg"
-    )
-    with engine.begin() as connection:
-        connection.execute(text("DELETE FROM tasks WHERE user_id = 'bulk'"))
-    engine.dispose()
-    plain.dispose()
-    raw.close()
-
-
-# --- keyset pages -------------------------------------------------------------------------
-
-
-def _seed(engine: Engine, users: int, per_user: int) -> None:
-    with UnitOfWork(engine) as uow:
-        have = uow.tasks.count(user_id=f"page-user-{users - 1}")
-    if have >= per_user:
-        return
-    print(f"seeding {users * per_user:,} tasks ({users} users x {per_user:,})...", flush=True)
-    started = time.perf_counter()
-    for user in range(users):
-        with UnitOfWork(engine) as uow:
-            done = uow.tasks.count(user_id=f"page-user-{user}")
-        for start in range(done, per_user, 1000):
-            with UnitOfWork(engine) as uow:
-                batch = min(1000, per_user - start)
-                uow.tasks.create_many(user_id=f"page-user-{user}", items=_items(batch))
-    with engine.connect() as connection:
-        connection.execute(text("ANALYZE tasks"))
-    print(f"seeded in {time.perf_counter() - started:.0f} s")
-
-
-@contextmanager
-def _timer(samples: list[float]) -> Iterator[None]:
-    started = time.perf_counter()
-    yield
-    samples.append((time.perf_counter() - started) * 1000)
-
-
-def pages(url: URL, total: int, reps: int) -> None:
-    users, per_user = max(total // 10_000, 1), min(total, 10_000)
-    print(f"\n## Keyset pages: {users * per_user:,} tasks, {per_user:,} per user, 50 per page\n")
-    engine = create_engine(url)
-    _seed(engine, users, per_user)
-    user = f"page-user-{users // 2}"
-    with UnitOfWork(engine) as uow:
-        walked = [uow.tasks.list(user_id=user, limit=50)]
-        while len(walked) < 200:
-            walked.append(uow.tasks.list(user_id=user, limit=50, after=walked[-1][-1]))
-    first_ms: list[float] = []
-    last_ms: list[float] = []
-    for _ in range(reps):
-        with _timer(first_ms), UnitOfWork(engine) as uow:
-            uow.tasks.list(user_id=user, limit=50)
-        with _timer(last_ms), UnitOfWork(engine) as uow:
-            page = uow.tasks.list(user_id=user, limit=50, after=walked[198][-1])
-    assert [t.id for t in page] == [t.id for t in walked[199]]
-    print("| page | median ms |")
-    print("|---|---|")
-    print(f"| 1 | {statistics.median(first_ms):.2f} |")
-    print(f"| 200 (after=) | {statistics.median(last_ms):.2f} |")
-    from persistence.statements import select_tasks
-
-    last = walked[198][-1]
-    statement = select_tasks(user, None, 50, (last.created_at, last.id))
-    compiled = statement.compile(engine, compile_kwargs={"literal_binds": True})
-    with engine.connect() as connection:
-        plan = [row[0] for row in connection.execute(text(f"EXPLAIN {compiled}"))]
-    print("\nEXPLAIN of page 200:\n")
-    for line in plan:
-        print(f"    {line}")
-    engine.dispose()
+def _names(text: str | None, parser: argparse.ArgumentParser) -> list[str]:
+    if not text:
+        return []
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks and print Markdown tables."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--rtts", default="0,5,20,50", help="injected RTTs in ms")
-    parser.add_argument("--reps", type=int, default=7, help="repetitions per cell")
+    """Run the chosen sections and print Markdown tables, then the targets' summary."""
+    sections_help = "; ".join(f"{name}: {s.help}" for name, s in SECTIONS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        epilog=f"Sections, in the order they run: {sections_help}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--only", help="comma-separated sections to run (default: all)")
+    parser.add_argument("--skip", help="comma-separated sections not to run")
+    parser.add_argument("--rtts", default="0,5,20,50", help="injected RTTs in ms (roundtrips)")
+    parser.add_argument("--reps", type=int, default=7, help="repetitions per cell (roundtrips)")
     parser.add_argument("--bulk-rows", type=int, default=1000)
     parser.add_argument("--page-rows", type=int, default=1_000_000, help="0 skips pages")
+    parser.add_argument("--cpu-units", type=int, default=50, help="units per callgrind dump")
+    parser.add_argument("--cpu-warm", type=int, default=10, help="warm-up units per operation")
+    parser.add_argument("--wall-reps", type=int, default=300, help="runs per implementation")
+    parser.add_argument("--wall-rtt", type=float, default=1.0, help="injected RTT in ms")
+    parser.add_argument("--threads", default="1,2,4,8,16", help="thread counts (throughput)")
+    parser.add_argument("--tasks", default="50,200", help="task counts (async-throughput)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        help="seconds of load per implementation and count (throughput)",
+    )
+    parser.add_argument("--churn-seconds", type=float, default=10.0)
+    parser.add_argument("--create-many-rows", type=int, default=100_000)
+    parser.add_argument("--create-many-reps", type=int, default=3)
+    parser.add_argument("--list-rows", type=int, default=100_000)
+    parser.add_argument("--import-runs", type=int, default=5)
+    parser.add_argument(
+        "--tls-url",
+        default=os.environ.get(coldstart.TLS_ENV),
+        help=f"a TLS + SCRAM server for first-unit (default: ${coldstart.TLS_ENV})",
+    )
     args = parser.parse_args(argv)
-    url = _bench_url()
-    init_db(create_engine(url))
-    print(f"# persistence benchmarks on {url.render_as_string(hide_password=True)}")
-    rtts = [float(r) for r in args.rtts.split(",")]
-    round_trip_table(url, rtts, args.reps)
-    concurrency(url, rtts)
-    bulk(url, args.bulk_rows, max(args.reps, 5))
-    if args.page_rows:
-        pages(url, args.page_rows, max(args.reps, 5))
-    return 0
+    chosen = _names(args.only, parser) or list(SECTIONS)
+    skip = set(_names(args.skip, parser))
+    chosen = [name for name in chosen if name not in skip]
+
+    url: URL | None = None
+    if any(SECTIONS[name].needs_database for name in chosen):
+        from persistence import create_engine, init_db
+
+        url = bench_url()
+        engine = create_engine(package(url))
+        init_db(engine)
+        dispose(engine)
+        print(f"# persistence benchmarks on {shown(url)}")
+    else:
+        print("# persistence benchmarks")
+    print(f"\nsections: {', '.join(chosen)}; python {sys.version.split()[0]}")
+    failed = []
+    for name in chosen:
+        try:
+            SECTIONS[name].run(url, args)
+        except Exception:
+            # One broken section (the package is being rewritten) must not hide the others.
+            failed.append(name)
+            print(f"\n**section {name} failed:**\n\n```\n{traceback.format_exc()}```")
+        sys.stdout.flush()
+    print_summary()
+    if failed:
+        print(f"\n**sections that failed (their figures are missing above): {', '.join(failed)}**")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,259 @@
+"""Cold start: import time, what `import persistence` drags in, and the round trips of the
+very first unit of work of a fresh process (connect included), plain and TLS + SCRAM.
+
+The first unit runs in a fresh child process (`python -m benchmarks.coldstart --first`),
+through a `LatencyProxy` in that child that counts client-to-server flights from before
+the first connect to the end of the unit. Over TLS the proxy can't read the messages and
+counts every reply as ending a flight, as libpq waits for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+from sqlalchemy import URL
+
+from benchmarks.common import (
+    LIST,
+    ROOT,
+    USER,
+    ensure_tasks,
+    libpq,
+    normalize,
+    package,
+    section,
+    shown,
+    skipped,
+    target,
+    through,
+)
+from benchmarks.summary import at_most, not_measured, print_figures
+
+IMPORT_TARGET_MS = 250.0
+TARGETS = {"plain": 3, "TLS + SCRAM": 8}
+TLS_ENV = "PERSISTENCE_BENCH_TLS_URL"
+_CHILD_URL_ENV = "PERSISTENCE_BENCH_CHILD_URL"
+_MARKER = "--persistence-bench-marker--"
+_STATEMENTS = {
+    "import persistence": "import persistence",
+    "from persistence import UnitOfWork": "from persistence import UnitOfWork",
+}
+_ASYNC_MODULES = ("asyncio", "sqlalchemy.ext.asyncio", "greenlet")
+
+
+def _own_imports_us(code: str) -> tuple[int, int | None]:
+    """(µs of every top-level import `code` triggers, µs of the `persistence` line)."""
+    program = f"import sys; sys.stderr.write({_MARKER!r} + '\\n'); sys.stderr.flush(); {code}"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    lines = done.stderr.splitlines()
+    after = lines[lines.index(_MARKER) + 1 :]
+    total, package_line = 0, None
+    for line in after:
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|", 2)
+        if not cumulative.strip().isdigit():
+            continue  # the header line
+        indent = len(name) - len(name.lstrip()) - 1
+        if indent == 0:
+            total += int(cumulative)
+            if name.strip() == "persistence":
+                package_line = int(cumulative)
+    return total, package_line
+
+
+def _cpu_ms(code: str) -> float:
+    """User + sys CPU ms of a fresh `python -c code`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+
+
+def _loaded(code: str) -> dict[str, bool]:
+    program = (
+        f"{code}\nimport json, sys\n"
+        f"print(json.dumps({{m: m in sys.modules for m in {_ASYNC_MODULES!r}}}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    loaded: dict[str, bool] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
+
+
+def imports(runs: int = 5) -> None:
+    section(f"Cold start: `python -X importtime` (median of {runs} fresh processes)")
+    print(
+        "The cumulative µs of every top-level import the statement triggers (for "
+        "`import persistence`: its own line), in a fresh interpreter; a first, untimed run "
+        "writes the bytecode caches. Import time is wall time and swings with the machine's "
+        "load; the CPU column (user + sys of `python -c <statement>` less that of "
+        "`python -c pass`, median, no -X importtime) swings less.\n"
+    )
+    print(
+        "| statement | ms (median) | min ms | CPU ms | "
+        + " | ".join(f"`{m}` loaded" for m in _ASYNC_MODULES)
+        + " |"
+    )
+    print("|---|---|---|---|" + "---|" * len(_ASYNC_MODULES))
+    bare = statistics.median(_cpu_ms("pass") for _ in range(runs))
+    figures = []
+    for label, code in _STATEMENTS.items():
+        _own_imports_us(code)
+        samples = []
+        for _ in range(runs):
+            total, package_line = _own_imports_us(code)
+            samples.append(package_line if code == "import persistence" and package_line else total)
+        ms = statistics.median(samples) / 1000
+        loaded = _loaded(code)
+        cpu_ms = statistics.median(_cpu_ms(code) for _ in range(runs)) - bare
+        print(
+            f"| `{label}` | {ms:.0f} | {min(samples) / 1000:.0f} | {cpu_ms:.0f} | "
+            + " | ".join("yes" if loaded[m] else "no" for m in _ASYNC_MODULES)
+            + " |",
+            flush=True,
+        )
+        figures.append(
+            at_most(f'`python -X importtime -c "{code}"`, ms', ms, IMPORT_TARGET_MS, "{:.0f}")
+        )
+        for module in ("asyncio", "sqlalchemy.ext.asyncio"):
+            figures.append(
+                _absent(
+                    f"`{module}` not in sys.modules after `{code}` (What to build)", loaded[module]
+                )
+            )
+    loaded_by_sqlalchemy = _loaded("import sqlalchemy")["asyncio"]
+    print(
+        f"\n(For reference: `import sqlalchemy` alone loads asyncio: "
+        f"{'yes' if loaded_by_sqlalchemy else 'no'}.)\n"
+    )
+    print_figures(figures)
+
+
+def _absent(name: str, present: bool) -> Any:
+    from benchmarks.summary import record
+
+    return record(name, "loaded" if present else "not loaded", "not loaded", not present)
+
+
+# --- the first unit of work -------------------------------------------------------------
+
+
+def _first_unit(url: URL, implementation: str) -> dict[str, int]:
+    env = {**os.environ, _CHILD_URL_ENV: package(url), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.coldstart", "--first", implementation],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the first-unit child failed:\n{done.stderr[-2000:]}")
+    reply: dict[str, int] = json.loads(done.stdout.splitlines()[-1])
+    return reply
+
+
+def first_units(url: URL, tls_url: str | None) -> None:
+    section("First unit of work of a fresh process: round trips, connect included")
+    print(
+        "A fresh child process builds the engine, then runs one unit of work: "
+        "`with UnitOfWork(engine) as uow: uow.tasks.list(user_id=..., limit=50)`; raw: "
+        "`psycopg.connect(...)` then the same SELECT and `fetchall()`. Counted by the "
+        "proxy from before the connect to the end of the unit.\n"
+    )
+    servers: list[tuple[str, URL | None]] = [("plain", url)]
+    if tls_url:
+        servers.append(("TLS + SCRAM", normalize(tls_url)))
+    else:
+        servers.append(("TLS + SCRAM", None))
+    print("| server | persistence RT | raw psycopg RT | connections (ours, raw) |")
+    print("|---|---|---|---|")
+    figures = []
+    for label, server in servers:
+        name = f"first unit of work after start, round trips ({label})"
+        if server is None:
+            print(f"| {label} | skipped: no TLS server (pass --tls-url) | | |")
+            skipped(f"{label}: no TLS server (pass --tls-url or set {TLS_ENV})")
+            figures.append(
+                not_measured(name, f"≤ {TARGETS[label]}", "no TLS server (pass --tls-url)")
+            )
+            continue
+        try:
+            if label != "plain":
+                _prepare(server)
+            ensure_tasks(server, USER)
+            ours, raw = _first_unit(server, "ours"), _first_unit(server, "raw")
+        except Exception as exc:
+            reason = f"{label} server failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            print(f"| {label} | {reason} | | |")
+            skipped(reason)
+            figures.append(not_measured(name, f"≤ {TARGETS[label]}", reason))
+            continue
+        print(
+            f"| {label} (`{shown(server)}`) | {ours['round_trips']} | {raw['round_trips']} | "
+            f"{ours['connections']}, {raw['connections']} |",
+            flush=True,
+        )
+        figures.append(at_most(name, ours["round_trips"], TARGETS[label], "{:.0f}"))
+    print()
+    print_figures(figures)
+
+
+def _prepare(url: URL) -> None:
+    from benchmarks.common import dispose
+    from persistence import create_engine, init_db
+
+    engine = create_engine(package(url))
+    init_db(engine)
+    dispose(engine)
+
+
+def _child(implementation: str) -> int:
+    from benchmarks.proxy import LatencyProxy
+
+    url = normalize(os.environ[_CHILD_URL_ENV])
+    with LatencyProxy(target(url)) as proxy:
+        proxied = through(url, proxy.port)
+        if implementation == "ours":
+            from persistence import UnitOfWork, create_engine
+
+            engine = create_engine(package(proxied))
+            proxy.reset_counts()
+            with UnitOfWork(engine) as uow:
+                uow.tasks.list(user_id=USER, limit=50)
+        else:
+            import psycopg
+
+            proxy.reset_counts()
+            connection = psycopg.connect(libpq(proxied), autocommit=True, prepare_threshold=None)
+            connection.execute(LIST, (USER,)).fetchall()
+        # Read before anything is closed: a close sends Terminate, which is no round trip.
+        trips, opened = proxy.round_trips, proxy.connections_opened
+    print(json.dumps({"round_trips": trips, "connections": opened}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.coldstart")
+    parser.add_argument("--first", choices=("ours", "raw"), required=True)
+    return _child(parser.parse_args(argv).first)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
