@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import statistics
 import sys
@@ -177,6 +178,8 @@ class Sent:
     method: str  # "execute" or "executemany"
     query: str
     params: Any
+    client_side: bool = False
+    """Sent on a client-side-binding cursor (several statements as one simple query)."""
 
     @property
     def size(self) -> int:
@@ -189,8 +192,13 @@ class Sent:
         else:
             return 0
         if self.method == "executemany":
-            return sum(Sent("execute", self.query, row).size for row in values)
+            return sum(Sent("execute", self.query, row, self.client_side).size for row in values)
         return sum(len(v) if isinstance(v, list | tuple) else 1 for v in values)
+
+    @property
+    def begins(self) -> bool:
+        """Whether it opens a transaction of its own (BEGIN first, maybe more after it)."""
+        return self.query.lstrip().upper().startswith(("BEGIN", "START"))
 
     @property
     def transaction_control(self) -> bool:
@@ -223,14 +231,16 @@ def capture_sql() -> Iterator[list[Sent]]:
         if inspect.iscoroutinefunction(original):
 
             async def spy_async(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
-                seen.append(Sent(name, _text(query, self), params))
+                client = isinstance(self, psycopg.AsyncClientCursor)
+                seen.append(Sent(name, _text(query, self), params, client))
                 return await original(self, query, params, **kw)
 
             setattr(cls, name, spy_async)
         else:
 
             def spy(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
-                seen.append(Sent(name, _text(query, self), params))
+                client = isinstance(self, psycopg.ClientCursor)
+                seen.append(Sent(name, _text(query, self), params, client))
                 return original(self, query, params, **kw)
 
             setattr(cls, name, spy)
@@ -248,22 +258,25 @@ def capture_sql() -> Iterator[list[Sent]]:
 
 
 def replay(connection: psycopg.Connection[Any], sent: Sequence[Sent]) -> int:
-    """Send `sent` (transaction control left out) in one transaction on `connection`,
-    fetching every result; return the number of rows fetched."""
+    """Send `sent` as the package sent it, on `connection` (autocommit), fetching every
+    result of every statement; return the number of rows fetched. Statements that carry
+    their own BEGIN and COMMIT are sent whole, on the same kind of cursor; otherwise the
+    transaction control is left out and the rest runs in one transaction."""
     rows = 0
-    with connection.transaction(), connection.cursor() as cursor:
+    own = any(call.begins for call in sent)
+    with contextlib.nullcontext() if own else connection.transaction():
         for call in sent:
-            if call.transaction_control:
+            if call.transaction_control and not own:
                 continue
-            if call.method == "executemany":
-                cursor.executemany(call.query, call.params, returning=True)
+            kind = psycopg.ClientCursor if call.client_side else psycopg.Cursor
+            with kind(connection) as cursor:
+                if call.method == "executemany":
+                    cursor.executemany(call.query, call.params, returning=True)
+                else:
+                    cursor.execute(call.query, call.params)
                 while True:
                     if cursor.pgresult is not None and cursor.description is not None:
                         rows += len(cursor.fetchall())
                     if not cursor.nextset():
                         break
-            else:
-                cursor.execute(call.query, call.params)
-                if cursor.description is not None:
-                    rows += len(cursor.fetchall())
     return rows

@@ -144,7 +144,8 @@ _DEADLINE = {"57014", "55P03"}
 
 # SQLSTATEs that mean the connection itself is gone (server shutdown, admin termination,
 # crash), beside the whole of class 08 (connection exception).
-_CONNECTION_GONE = {"57P01", "57P02", "57P03", "08000", "08003", "08006"}
+# 25P03 and 57P05: the server ended a session idle in a transaction, or idle, too long.
+_CONNECTION_GONE = {"57P01", "57P02", "57P03", "57P05", "25P03", "08000", "08003", "08006"}
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -15,49 +15,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import RowMaker, tuple_row
+from pydantic import BaseModel
 from sqlalchemy.orm import configure_mappers
 
 from persistence.models import Task
 from persistence.statements import COLUMNS
 
-__all__ = ["TaskRows", "build_task"]
+__all__ = ["TaskRows"]
 
 _new = object.__new__
-_set = object.__setattr__
+# The slots' own setters: cheaper than `object.__setattr__`, which looks each name up.
+_slots = BaseModel.__dict__
+_set_dict = _slots["__dict__"].__set__
+_set_fields = _slots["__pydantic_fields_set__"].__set__
+_set_extra = _slots["__pydantic_extra__"].__set__
+_set_private = _slots["__pydantic_private__"].__set__
 # Every field of a built task is set; the one set is shared (pydantic only ever adds to it,
 # and it already holds every field).
 _ALL_FIELDS = {"id", "user_id", "title", "description", "complete", "created_at", "updated_at"}
-
-
-def build_task(
-    user_id: str,
-    task_id: int,
-    title: str,
-    description: str | None,
-    complete: bool,
-    created_at: datetime,
-    updated_at: datetime,
-) -> Task:
-    """A `Task` with these values, as if loaded (no validation: the values come from the
-    database, which holds only valid ones)."""
-    task = _new(Task)
-    _set(
-        task,
-        "__dict__",
-        {
-            "id": task_id,
-            "user_id": user_id,
-            "title": title,
-            "description": description,
-            "complete": complete,
-            "created_at": created_at,
-            "updated_at": updated_at,
-        },
-    )
-    _set(task, "__pydantic_fields_set__", _ALL_FIELDS)
-    _set(task, "__pydantic_extra__", None)
-    _set(task, "__pydantic_private__", None)
-    return task
 
 
 class TaskRows:
@@ -93,18 +68,39 @@ def _configured() -> None:
 
 def _maker(user_id: str) -> Callable[[Sequence[Any]], Task]:
     last: list[datetime | None] = [None]
+    # Bound once: this runs for every row, and a page of tasks is most of a unit's CPU.
+    new, fields, utc = _new, _ALL_FIELDS, UTC
+    set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
 
     def make(values: Sequence[Any]) -> Task:
         task_id, title, description, complete, created, updated = values
-        if created.tzinfo is not UTC:
+        if created.tzinfo is not utc:
             # A session not (yet) in UTC: the connection's first result, or one set so.
-            created, updated = created.astimezone(UTC), updated.astimezone(UTC)
+            created, updated = created.astimezone(utc), updated.astimezone(utc)
         if created == last[0]:
             created = last[0]
         else:
             last[0] = created
         if updated == created:
             updated = created
-        return build_task(user_id, task_id, title, description, complete, created, updated)
+        # A loaded Task, as the ORM would leave it, without validation: these values come
+        # from the database, which holds only valid ones.
+        task = new(Task)
+        set_dict(
+            task,
+            {
+                "id": task_id,
+                "user_id": user_id,
+                "title": title,
+                "description": description,
+                "complete": complete,
+                "created_at": created,
+                "updated_at": updated,
+            },
+        )
+        set_fields(task, fields)
+        set_extra(task, None)
+        set_private(task, None)
+        return task
 
     return make

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlmodel import col
@@ -108,6 +111,73 @@ def open_transactions(engine: Engine) -> int:
                 )
             ).scalar_one()
         )
+
+
+Lock = Callable[[str], threading.Event]
+
+
+@pytest.fixture
+def hold_lock(persistence_database: TestDatabase) -> Iterator[Lock]:
+    """`hold(sql)` runs `sql` (taking a lock) in another connection's open transaction
+    until the returned event is set (or the test ends): whatever needs that lock waits,
+    deterministically."""
+    release = threading.Event()
+    holders: list[threading.Thread] = []
+
+    def hold(statement: str) -> threading.Event:
+        held = threading.Event()
+
+        def run() -> None:
+            with psycopg.connect(libpq_url(persistence_database.url)) as connection:
+                connection.execute(statement)
+                held.set()
+                release.wait(60)
+                connection.rollback()
+
+        holder = threading.Thread(target=run)
+        holders.append(holder)
+        holder.start()
+        assert held.wait(60), "the lock was never taken"
+        return release
+
+    yield hold
+    release.set()
+    for holder in holders:
+        holder.join()
+
+
+def _until(engine: Engine, sql: str, params: dict[str, Any], done: Callable[[int], bool]) -> bool:
+    # Ask the server every 10 ms, for at most 30 s: a wait on a condition, not a timing.
+    for _ in range(3000):
+        with engine.connect() as connection:
+            count = int(connection.exec_driver_sql(sql, params).scalar_one())
+        if done(count):
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def wait_until_waiting_on_a_lock(engine: Engine, operation: Future[Any] | None = None) -> None:
+    """Return once a session of the test database waits on a lock; raise what `operation`
+    (the one expected to wait) raised if it ended instead."""
+
+    def waiting(count: int) -> bool:
+        if operation is not None and operation.done():
+            operation.result()
+            raise AssertionError("the operation ended instead of waiting on the lock")
+        return count > 0
+
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    assert _until(engine, sql, {}, waiting), "no session ever waited on the lock"
+
+
+def wait_until_gone(engine: Engine, pid: int) -> None:
+    """Return once server process `pid` has ended."""
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE pid = %(pid)s"
+    assert _until(engine, sql, {"pid": pid}, lambda alive: alive == 0), f"{pid} never ended"
 
 
 def committed_count(engine: Engine, user: str) -> int:

@@ -8,19 +8,23 @@ connection back, always.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from persistence import FakeDatabase, FakeUnitOfWork, PersistenceError, UnitOfWork
 from persistence import create_engine as make_engine
 from persistence.testing import TestDatabase
-from tests.conftest import checked_out, committed_count, libpq_url, open_transactions
+from tests.conftest import (
+    Lock,
+    checked_out,
+    committed_count,
+    open_transactions,
+    wait_until_waiting_on_a_lock,
+)
 
 T = TypeVar("T")
 
@@ -54,35 +58,6 @@ def on(pool: ThreadPoolExecutor, work: Callable[[], T]) -> T:
     return pool.submit(work).result()
 
 
-@pytest.fixture
-def row_lock(persistence_database: TestDatabase) -> Iterator[Callable[[int], threading.Event]]:
-    """`lock(task_id)` holds that row's lock from another connection until the returned
-    event is set: an UPDATE of the row blocks until then, deterministically."""
-    release = threading.Event()
-    holders: list[threading.Thread] = []
-
-    def lock(task_id: int) -> threading.Event:
-        held = threading.Event()
-
-        def hold() -> None:
-            with psycopg.connect(libpq_url(persistence_database.url)) as connection:
-                connection.execute("UPDATE tasks SET title = 'locked' WHERE id = %s", (task_id,))
-                held.set()
-                release.wait(30)
-                connection.rollback()
-
-        holder = threading.Thread(target=hold)
-        holders.append(holder)
-        holder.start()
-        assert held.wait(30)
-        return release
-
-    yield lock
-    release.set()
-    for holder in holders:
-        holder.join()
-
-
 def test_a_unit_entered_used_and_left_on_three_threads_commits_and_gives_its_connection_back(
     one_connection: Engine, persistence_engine: Engine, user: str, threads
 ):
@@ -109,11 +84,11 @@ def test_an_exit_with_an_exception_from_another_thread_rolls_back_and_gives_it_b
 
 
 def test_two_operations_at_once_from_two_threads_are_refused(
-    one_connection: Engine, persistence_engine: Engine, row_lock, user: str
+    one_connection: Engine, persistence_engine: Engine, hold_lock: Lock, user: str
 ):
     with UnitOfWork(persistence_engine) as setup:
         task = setup.tasks.create(user_id=user, title="contended")
-    release = row_lock(task.id)
+    release = hold_lock(f"SELECT 1 FROM tasks WHERE id = {task.id} FOR UPDATE")
     with UnitOfWork(one_connection) as uow, ThreadPoolExecutor(1) as pool:
         blocked = pool.submit(uow.tasks.toggle_complete, user_id=user, task_id=task.id)
         # The toggle waits on the row lock: it is in flight until the lock is released.
@@ -130,11 +105,11 @@ def test_two_operations_at_once_from_two_threads_are_refused(
 
 
 def test_the_end_of_the_block_waits_for_an_operation_running_on_another_thread(
-    one_connection: Engine, persistence_engine: Engine, row_lock, user: str
+    one_connection: Engine, persistence_engine: Engine, hold_lock: Lock, user: str
 ):
     with UnitOfWork(persistence_engine) as setup:
         task = setup.tasks.create(user_id=user, title="contended")
-    release = row_lock(task.id)
+    release = hold_lock(f"SELECT 1 FROM tasks WHERE id = {task.id} FOR UPDATE")
     uow = UnitOfWork(one_connection).__enter__()
     with ThreadPoolExecutor(2) as pool:
         blocked = pool.submit(uow.tasks.toggle_complete, user_id=user, task_id=task.id)
@@ -173,23 +148,3 @@ def test_the_fake_follows_the_same_rule(threads):
     on(threads[1], lambda: uow.tasks.create(user_id="alice", title="made elsewhere"))
     on(threads[2], lambda: uow.__exit__(None, None, None))
     assert [task.title for task in database.tasks()] == ["made elsewhere"]
-
-
-def wait_until_waiting_on_a_lock(engine: Engine, operation: Future[object]) -> None:
-    """Return once some session of the test database waits on a lock (bounded wait);
-    raise what `operation` raised if it ended instead."""
-    for _ in range(3000):
-        if operation.done():
-            operation.result()
-            raise AssertionError("the operation ended instead of waiting on the lock")
-        with engine.connect() as connection:
-            waiting = connection.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        if waiting:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError("no session ever waited on the row lock")
