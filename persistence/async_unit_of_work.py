@@ -248,7 +248,9 @@ class AsyncUnitOfWork(UnitOfWorkBase):
         if isinstance(request, Reroute):
             assert self._database is not None
             assert self._replica is not None
-            self._database.set_aside(self._replica, request.reason, down=request.down)
+            if request.aside is not None:
+                down = request.aside == "down"
+                self._database.set_aside(self._replica, request.reason, down=down)
             await self._give_back()
             self._pool, self._replica = self._database.primary, None
             return None
@@ -265,7 +267,7 @@ class AsyncUnitOfWork(UnitOfWorkBase):
     async def _execute(self, batch: Batch) -> list[Any]:
         connection = await self._connected()
         lease = self._lease
-        idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        idle = connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
         if lease is not None and lease.fresh and idle:
             lease.fresh = False
             batch, added = with_session_setup(batch)
@@ -318,7 +320,13 @@ async def _send(connection: psycopg.AsyncConnection[Any], batch: Batch) -> list[
     """As the sync `_send`: one statement bound by the server, or several as one simple
     query; the rows of each."""
     sql, args, rows = batch[0] if len(batch) == 1 else multi_statement(batch)
-    cursor = connection.cursor() if len(batch) == 1 else psycopg.AsyncClientCursor(connection)
+    # Parameters of several statements are bound by psycopg; with none, any cursor sends
+    # one simple query.
+    cursor = (
+        connection.cursor()
+        if len(batch) == 1 or not args
+        else psycopg.AsyncClientCursor(connection)
+    )
     cursor.row_factory = rows or tuple_row
     await cursor.execute(sql, args)
     results = []

@@ -49,6 +49,7 @@ __all__ = [
     "check_page_size",
     "check_task_id",
     "check_user_id",
+    "plain_title",
     "validate",
 ]
 
@@ -344,23 +345,32 @@ def _plainly_valid(items: list[Any] | tuple[Any, ...]) -> tuple[list[str], list[
     for item in items:
         if type(item) is not dict or not item.keys() <= keys:
             return None
-        title = item.get("title")
-        if type(title) is not str or "\x00" in title or not (title.isascii() or _encodes(title)):
-            return None
-        title = title.strip()
-        if not title or len(title) > TITLE_MAX:
-            return None
-        description = item.get("description")
-        if description is not None and (
-            type(description) is not str
-            or len(description) > DESCRIPTION_MAX
-            or "\x00" in description
-            or not (description.isascii() or _encodes(description))
-        ):
+        title = plain_title(item.get("title"), item.get("description"))
+        if title is None:
             return None
         titles.append(title)
-        descriptions.append(description)
+        descriptions.append(item.get("description"))
     return titles, descriptions
+
+
+def plain_title(title: object, description: object) -> str | None:
+    """`title` stripped, if `title` and `description` are plainly valid (a `str` title
+    and a `str` or `None` description, both within the rules); else `None`, and the
+    input models decide (with their error). The common case of a create, in plain
+    Python: only ever what the models accept, with the same values."""
+    if type(title) is not str or "\x00" in title or not (title.isascii() or _encodes(title)):
+        return None
+    title = title.strip()
+    if not title or len(title) > TITLE_MAX:
+        return None
+    if description is not None and (
+        type(description) is not str
+        or len(description) > DESCRIPTION_MAX
+        or "\x00" in description
+        or not (description.isascii() or _encodes(description))
+    ):
+        return None
+    return title
 
 
 def _encodes(text: str) -> bool:

@@ -24,6 +24,7 @@ from persistence.models import (
     check_page_size,
     check_task_id,
     check_user_id,
+    plain_title,
     validate,
 )
 from persistence.rows import TaskRows
@@ -60,9 +61,10 @@ class _Unset:
 UNSET: Final = _Unset()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made for every call, and frozen costs more
 class Operation(Generic[T]):
-    """A validated request: the statement to send, its parameters, and how to read it."""
+    """A validated request: the statement to send, its parameters, and how to read it
+    (never changed once made)."""
 
     action: str
     """What is being done, for error messages ("creating a task")."""
@@ -117,17 +119,23 @@ def _all(rows: Rows | None) -> list[Task]:
 
 def create_task(*, user_id: object, title: object, description: object) -> Operation[Task]:
     """INSERT one task after validating every field."""
-    data = validate(TaskCreate, {"user_id": user_id, "title": title, "description": description})
-    statement = statements.insert_task()
-    args = (data.user_id, data.title, data.description)
+    stripped = plain_title(title, description)
+    if stripped is None:  # not plainly valid: the model validates, and names what is wrong
+        data = validate(
+            TaskCreate, {"user_id": user_id, "title": title, "description": description}
+        )
+        user, stripped, description = data.user_id, data.title, data.description
+    else:
+        user = check_user_id(user_id)
+    values = {"user_id": user, "title": stripped, "description": description}
     return Operation(
         "creating a task",
-        statement,
-        args,
+        statements.insert_task(),
+        (user, stripped, description),
         _first_task,
-        TaskRows(data.user_id),
+        TaskRows(user),
         writes=True,
-        request=("create", data.model_dump()),
+        request=("create", values),
     )
 
 

@@ -143,7 +143,8 @@ class _Core:
                 waiter.lease = lease
                 return waiter, stale
             self.idle.append(lease)
-            stale = self._trim(now)
+            if self.size > self.options.min_size:
+                stale = self._trim(now)
             return None, stale
         stale.append(lease)
         return self.forget(), stale
@@ -192,12 +193,20 @@ class _Core:
         return PoolStats(self.size, len(self.idle), lent, len(self.waiters), self.opened)
 
 
+_OK, _IDLE, _OFF = (
+    psycopg.pq.ConnStatus.OK,
+    psycopg.pq.TransactionStatus.IDLE,
+    psycopg.pq.PipelineStatus.OFF,
+)
+
+
 def _healthy(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    # Open (a closed connection's status is BAD), idle, and not half-way in a pipeline.
+    pgconn = connection.pgconn
     return (
-        not connection.closed
-        and connection.pgconn.status == psycopg.pq.ConnStatus.OK
-        and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        and connection.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+        pgconn.status == _OK
+        and pgconn.transaction_status == _IDLE
+        and pgconn.pipeline_status == _OFF
     )
 
 
@@ -231,7 +240,8 @@ class ConnectionPool:
             if lease is None and not may_connect:
                 waiter = _Waiter(threading.Event())
                 core.waiters.append(waiter)
-        self._close(stale)
+        if stale:
+            self._close(stale)
         if waiter is not None:
             if not waiter.signal.wait(core.options.timeout):
                 with core.lock:
@@ -262,8 +272,10 @@ class ConnectionPool:
         healthy = _healthy(lease.connection)
         with core.lock:
             waiter, stale = core.release(lease, healthy, time.monotonic())
-        self._wake(waiter)
-        self._close(stale)
+        if waiter is not None:
+            waiter.signal.set()
+        if stale:
+            self._close(stale)
 
     def invalidate(self) -> None:
         """Replace every connection opened so far (a disconnect was seen: they may all be

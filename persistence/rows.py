@@ -39,9 +39,9 @@ class TaskRows:
     """A psycopg row factory: each row of `statements.COLUMNS` becomes a `Task` of `user_id`.
 
     Timestamps arrive in UTC (each connection's TimeZone is set to UTC); any that do not
-    are converted. Equal timestamps in a row of the result
-    share one object (a task never changed has `updated_at == created_at`; tasks created
-    by one statement share their `created_at`), which keeps big results small.
+    are converted. In a big result, equal timestamps share one object (a task never
+    changed has `updated_at == created_at`; tasks created by one statement share their
+    `created_at`), which keeps big results small.
     """
 
     __slots__ = ("user_id",)
@@ -56,7 +56,7 @@ class TaskRows:
         if result is None or result.nfields != len(COLUMNS):
             return tuple_row(cursor)
         _configured()
-        return _maker(self.user_id)
+        return _maker(self.user_id, share=result.ntuples > SHARE_FROM)
 
 
 @functools.cache
@@ -66,7 +66,11 @@ def _configured() -> None:
     configure_mappers()
 
 
-def _maker(user_id: str) -> Callable[[Sequence[Any]], Task]:
+# From this many rows on, equal timestamps share one object (it costs a comparison a row).
+SHARE_FROM = 1000
+
+
+def _maker(user_id: str, *, share: bool) -> Callable[[Sequence[Any]], Task]:
     last: list[datetime | None] = [None]
     # Bound once: this runs for every row, and a page of tasks is most of a unit's CPU.
     new, fields, utc = _new, _ALL_FIELDS, UTC
@@ -77,12 +81,13 @@ def _maker(user_id: str) -> Callable[[Sequence[Any]], Task]:
         if created.tzinfo is not utc:
             # A session not (yet) in UTC: the connection's first result, or one set so.
             created, updated = created.astimezone(utc), updated.astimezone(utc)
-        if created == last[0]:
-            created = last[0]
-        else:
-            last[0] = created
-        if updated == created:
-            updated = created
+        if share:
+            if created == last[0]:
+                created = last[0]
+            else:
+                last[0] = created
+            if updated == created:
+                updated = created
         # A loaded Task, as the ORM would leave it, without validation: these values come
         # from the database, which holds only valid ones.
         task = new(Task)

@@ -31,7 +31,9 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     select,
+    true,
     tuple_,
     update,
 )
@@ -252,17 +254,20 @@ def delete_task() -> Statement:
 
 
 @functools.cache
-def transaction_setup(*, xid: bool, settings: tuple[str, ...]) -> Statement:
-    """The statement that rides in the BEGIN pipeline (or before a read, in the same
-    implicit transaction): the transaction's id as text (`xid`: with the first write, to
-    resolve a lost COMMIT) and `set_config(name, value, true)` — `SET LOCAL` — for each of
-    `settings` (parameters named after them, values as text)."""
+def transaction_setup(*, xid: bool, settings: tuple[tuple[str, int], ...]) -> Statement:
+    """The statement that rides with BEGIN (or before a read, in the same implicit
+    transaction): the transaction's id as text (`xid`: with the first write, to resolve a
+    lost COMMIT) and `set_config(name, value, true)` — `SET LOCAL` — for each (name,
+    milliseconds) of `settings`. It has no parameters: the values are whole numbers,
+    written into the statement (a shape per value; a process uses few)."""
     columns: list[Any] = []
     if xid:
         columns.append(cast(func.pg_current_xact_id(), Text))
-    for name in settings:
-        columns.append(func.set_config(name, _param(name, Text), True))
-    return compile_statement(select(*columns))
+    for name, milliseconds in settings:
+        value = str(int(milliseconds))
+        columns.append(func.set_config(literal(name), literal(value), true()))
+    compiled = select(*columns).compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True})
+    return Statement(str(compiled), ())
 
 
 @functools.cache

@@ -176,21 +176,27 @@ class UnitOfWork(UnitOfWorkBase):
                 self._drive(self._close_savepoint_steps(name, None, aborted(self._connection)))
 
     def _run(self, operation: Operation[T]) -> T:
-        with self._one_at_a_time():
+        self._claim()  # as `_one_at_a_time`, spelled out: this is every operation's path
+        try:
             return self._drive(self._run_steps(operation, aborted(self._connection)))
+        finally:
+            self._operation.release()
 
     @contextmanager
     def _one_at_a_time(self) -> Iterator[None]:
+        self._claim()
+        try:
+            yield
+        finally:
+            self._operation.release()
+
+    def _claim(self) -> None:
         self._check_active()
         if not self._operation.acquire(blocking=False):
             raise PersistenceError(
                 "this unit of work is running an operation on another thread: run its "
                 "operations one after another, or give each thread its own UnitOfWork"
             )
-        try:
-            yield
-        finally:
-            self._operation.release()
 
     # --- performing the steps' requests ------------------------------------------------
 
@@ -222,7 +228,9 @@ class UnitOfWork(UnitOfWorkBase):
         if isinstance(request, Reroute):
             assert self._database is not None
             assert self._replica is not None
-            self._database.set_aside(self._replica, request.reason, down=request.down)
+            if request.aside is not None:
+                down = request.aside == "down"
+                self._database.set_aside(self._replica, request.reason, down=down)
             self._give_back()
             self._pool, self._replica = self._database.primary, None
             return None
@@ -239,7 +247,7 @@ class UnitOfWork(UnitOfWorkBase):
     def _execute(self, batch: Batch) -> list[Any]:
         connection = self._connected()
         lease = self._lease
-        idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        idle = connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
         if lease is not None and lease.fresh and idle:
             lease.fresh = False
             batch, added = with_session_setup(batch)
@@ -279,7 +287,11 @@ def _send(connection: psycopg.Connection[Any], batch: Batch) -> list[Any]:
     several go as one simple query, their parameters bound by psycopg (`multi_statement`
     says why)."""
     sql, args, rows = batch[0] if len(batch) == 1 else multi_statement(batch)
-    cursor = connection.cursor() if len(batch) == 1 else psycopg.ClientCursor(connection)
+    # Parameters of several statements are bound by psycopg; with none, any cursor sends
+    # one simple query.
+    cursor = (
+        connection.cursor() if len(batch) == 1 or not args else psycopg.ClientCursor(connection)
+    )
     cursor.row_factory = rows or tuple_row
     cursor.execute(sql, args)
     results = []

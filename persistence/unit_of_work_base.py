@@ -16,11 +16,12 @@ of any kind begins it, so that every read shares the snapshot.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
 import psycopg
 
@@ -69,27 +70,26 @@ Batch = tuple[tuple[str, tuple[Any, ...], TaskRows | None], ...]
 """Statements sent in one pipeline: SQL, parameters, and how to build rows (or `None`)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Execute:
-    """Send `batch` (one pipeline: one round trip) on the unit's connection, opening one
-    first if it has none; answer with each statement's rows (`None`: it returns none)."""
+# The requests are named tuples: one is made for every statement sent (cheap to build).
+
+
+class Execute(NamedTuple):
+    """Send `batch` (one round trip) on the unit's connection, opening one first if it has
+    none; answer with each statement's rows (`None`: it returns none)."""
 
     batch: Batch
 
 
-@dataclass(frozen=True, slots=True)
-class Reconnect:
+class Reconnect(NamedTuple):
     """The connection is dead: close it, mark the pool's connections suspect, and take a
     fresh one."""
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(NamedTuple):
     """Give the connection back (the pool closes it if it is broken)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Resolve:
+class Resolve(NamedTuple):
     """After `delay` seconds, ask on a new connection of its own how transaction `xid`
     ended: `"committed"`, `"aborted"`, `"in progress"`, or `None` if it can't be asked."""
 
@@ -97,13 +97,14 @@ class Resolve:
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
-class Reroute:
+class Reroute(NamedTuple):
     """The replica can't serve this unit of work (down, lagging, or behind its causal
-    token): give its connection back, and take one from the primary instead."""
+    token): give its connection back, and take one from the primary instead; `aside` says
+    whether to leave the replica aside for a while ("down", "lagging") or not (`None`: it
+    is only behind this unit's token)."""
 
     reason: str
-    down: bool
+    aside: str | None
 
 
 Request = Execute | Reconnect | Release | Resolve | Reroute
@@ -138,20 +139,21 @@ class Deadlines:
     idle_in_transaction: int | None = None
     """`idle_in_transaction_session_timeout`: how long a transaction may sit idle."""
 
-    def settings(self, *, in_transaction: bool) -> dict[str, str]:
-        """The `SET LOCAL`s to send (none, when nothing is bounded)."""
-        found: dict[str, str] = {}
-        if self.statement is not None:
-            found["statement_timeout"] = found["lock_timeout"] = str(self.statement)
+    def settings(self, *, in_transaction: bool) -> tuple[tuple[str, int], ...]:
+        """The `SET LOCAL`s to send, (name, milliseconds) (none when nothing is bounded)."""
+        found: tuple[tuple[str, int], ...] = ()
         if in_transaction and self.idle_in_transaction is not None:
-            found["idle_in_transaction_session_timeout"] = str(self.idle_in_transaction)
+            found += (("idle_in_transaction_session_timeout", self.idle_in_transaction),)
+        if self.statement is not None:
+            found += (("lock_timeout", self.statement), ("statement_timeout", self.statement))
         return found
 
 
-def _setup(settings: dict[str, str], *, xid: bool) -> tuple[str, tuple[Any, ...], None]:
-    names = tuple(sorted(settings))
-    statement = statements.transaction_setup(xid=xid, settings=names)
-    return statement.sql, statement.args(settings), None
+def _setup(
+    settings: tuple[tuple[str, int], ...], *, xid: bool
+) -> tuple[str, tuple[Any, ...], None]:
+    statement = statements.transaction_setup(xid=xid, settings=settings)
+    return statement.sql, (), None
 
 
 def _plain(statement: Statement) -> tuple[str, tuple[Any, ...], None]:
@@ -299,12 +301,14 @@ class UnitOfWorkBase:
         settings = self._deadlines.settings(in_transaction=True)
         if self._state is None and (writes or self._snapshot):
             self._state = _BEGIN
-            wants_xid = writes and not self._joined
+            # Read-only: a write is refused anyway (and a standby can't give an id).
+            wants_xid = writes and not self._joined and not self._read_only
             if self._joined or not (settings or wants_xid):
                 return ((self._begin_sql(), (), None), statement), None
             return ((self._begin_sql(), (), None), _setup(settings, xid=wants_xid), statement), 1
-        if writes and self._xid is None and self._state is not None and not self._joined:
-            return (_setup({}, xid=True), statement), 0
+        first_write = writes and self._xid is None and self._state is not None
+        if first_write and not self._joined and not self._read_only:
+            return (_setup((), xid=True), statement), 0
         if self._state is None and self._deadlines.statement is not None:
             # Outside a transaction: `SET LOCAL` in the same pipeline lasts for the
             # implicit transaction the read runs in, and ends with it.
@@ -351,7 +355,8 @@ class UnitOfWorkBase:
                 if behind is None:
                     results = results[1:]
                 else:
-                    results = yield from self._again(action, batch, Reroute(behind, False), state)
+                    switch = Reroute(*behind)
+                    results = yield from self._again(action, batch, switch, state)
         self._began = True
         if self._state == _BEGIN:
             self._state = _IN_TRANSACTION
@@ -361,7 +366,8 @@ class UnitOfWorkBase:
         self, action: str, batch: Batch, error: PersistenceError, state: str | None, *, down: bool
     ) -> Steps[list[Any]]:
         logger.warning("a read replica can't be used (%s); reading from the primary", error)
-        return (yield from self._again(action, batch, Reroute(str(error), down), state))
+        aside = "down" if down else "lagging"
+        return (yield from self._again(action, batch, Reroute(str(error), aside), state))
 
     def _again(
         self, action: str, batch: Batch, switch: Request, state: str | None
@@ -585,15 +591,19 @@ def _replica_status(token: str | None) -> tuple[str, tuple[Any, ...], None]:
     return statement.sql, statement.args({"token": token}), None
 
 
-def _replica_behind(status: tuple[bool, bool | None, float], max_lag: float) -> str | None:
-    """Why a replica can't serve a read (its status row), or `None` if it can."""
+def _replica_behind(
+    status: tuple[bool, bool | None, float], max_lag: float
+) -> tuple[str, str | None] | None:
+    """Why a replica can't serve a read (from its status row) and whether to leave it
+    aside, or `None` if it can serve it."""
     standby, replayed, lag = status
     if not standby:
         return None  # a primary is never behind
-    if replayed is False:
-        return "it has not yet replayed the unit's causal token"
     if lag > max_lag:
-        return f"it is {lag:.1f} s behind (the bound is {max_lag:g} s)"
+        return f"it is {lag:.1f} s behind (the bound is {max_lag:g} s)", "lagging"
+    if replayed is False:
+        # Behind this one unit's token only: other reads may still use it.
+        return "it has not yet replayed the unit's causal token", None
     return None
 
 
@@ -615,6 +625,7 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
+@functools.cache
 def deadlines(timeout: float | None, idle_in_transaction: float | None) -> Deadlines:
     """The bounds to set, from seconds (`None`: unbounded)."""
 
@@ -637,5 +648,5 @@ def aborted(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] |
     """Whether `connection`'s transaction was aborted on the server by a failed statement."""
     return (
         connection is not None
-        and connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        and connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.INERROR
     )
