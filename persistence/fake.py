@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from persistence import operations
 from persistence.async_unit_of_work import AsyncTaskRepository
 from persistence.errors import (
     DatabaseError,
@@ -263,6 +264,8 @@ class FakeUnitOfWork:
         )
         if after is not None:
             rows = [row for row in rows if (row.created_at, row.id) < after]
+        if limit is None and len(rows) > operations.LIST_LIMIT_MAX:
+            raise operations.too_many_tasks()  # as the real one: never a silently cut list
         return [row.task() for row in rows[:limit]]
 
     def _count(self, transaction: _Transaction, user_id: str, complete: bool | None) -> int:

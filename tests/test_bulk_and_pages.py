@@ -125,3 +125,55 @@ def test_create_many_takes_any_mapping_as_an_item(uow: UnitOfWork, user: str):
     with uow:
         made = uow.tasks.create_many(user_id=user, items=[MappingProxyType({"title": "ro"})])
     assert [t.title for t in made] == ["ro"]
+
+
+def test_iterate_walks_every_task_newest_first_a_page_at_a_time(uow: UnitOfWork, user: str):
+    with uow:
+        uow.tasks.create_many(user_id=user, items=[{"title": f"t{i}"} for i in range(23)])
+        everything = uow.tasks.list(user_id=user, limit=None)
+        walked = list(uow.tasks.iterate(user_id=user, page_size=5))
+    assert [t.id for t in walked] == [t.id for t in everything]
+    assert len(walked) == 23
+
+
+def test_iterate_keeps_to_the_completion_filter(uow: UnitOfWork, task_factory, user: str):
+    task_factory.create_batch(4, user_id=user, complete=True)
+    task_factory.create_batch(3, user_id=user)
+    with uow:
+        done = list(uow.tasks.iterate(user_id=user, complete=True, page_size=2))
+    assert len(done) == 4
+    assert all(t.complete for t in done)
+
+
+@pytest.mark.parametrize("page_size", [0, -1, 10**9, 2.5, "10", None])
+def test_iterate_checks_its_arguments_when_called(uow: UnitOfWork, user: str, page_size):
+    with uow, pytest.raises(TaskValidationError) as raised:
+        uow.tasks.iterate(user_id=user, page_size=page_size)  # not even iterated
+    assert raised.value.field == "page_size"
+
+
+def test_limit_none_never_returns_a_silently_cut_list(
+    uow: UnitOfWork, user: str, monkeypatch: pytest.MonkeyPatch
+):
+    import persistence.operations
+
+    monkeypatch.setattr(persistence.operations, "LIST_LIMIT_MAX", 5)
+    with uow:
+        uow.tasks.create_many(user_id=user, items=[{"title": f"t{i}"} for i in range(5)])
+        assert len(uow.tasks.list(user_id=user, limit=None)) == 5  # all of them: fine
+        uow.tasks.create(user_id=user, title="one too many")
+        with pytest.raises(TaskValidationError, match="iterate") as raised:
+            uow.tasks.list(user_id=user, limit=None)
+        assert raised.value.field == "limit"
+        assert len(list(uow.tasks.iterate(user_id=user, page_size=2))) == 6
+
+
+def test_a_limit_past_the_maximum_is_capped_at_it(
+    uow: UnitOfWork, user: str, monkeypatch: pytest.MonkeyPatch
+):
+    import persistence.models
+
+    monkeypatch.setattr(persistence.models, "LIST_LIMIT_MAX", 3)
+    with uow:
+        uow.tasks.create_many(user_id=user, items=[{"title": f"t{i}"} for i in range(5)])
+        assert len(uow.tasks.list(user_id=user, limit=4)) == 3

@@ -214,3 +214,42 @@ def test_changing_a_returned_task_writes_nothing(uow: UnitOfWork, user: str):
         stored = uow.tasks.get(user_id=user, task_id=task.id)
     assert stored is not None
     assert stored.title == "real"
+
+
+@pytest.mark.database_only
+def test_timestamps_are_in_utc_whatever_the_servers_time_zone(persistence_database, user: str):
+    import uuid
+    from datetime import UTC
+
+    from sqlalchemy import text
+
+    from persistence import create_engine, init_db
+    from persistence.database import normalize_url
+
+    name = f"persistence_tz_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(persistence_database.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(text(f"""ALTER DATABASE "{name}" SET TimeZone = 'Asia/Kathmandu'"""))
+    url = normalize_url(persistence_database.url).set(database=name)
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        init_db(engine)
+        seen = []
+        for _ in range(3):  # a new connection's first result, then the ones after
+            with UnitOfWork(engine) as uow:
+                task = uow.tasks.create(user_id=user, title="when?")
+                seen += [task, *uow.tasks.list(user_id=user, limit=1)]
+        for task in seen:
+            assert task.created_at.tzinfo is UTC
+            assert task.updated_at.tzinfo is UTC
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("SELECT created_at FROM tasks WHERE id = :id"), {"id": seen[0].id}
+            ).scalar_one()
+        assert stored == seen[0].created_at  # the same instant
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

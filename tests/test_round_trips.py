@@ -81,3 +81,43 @@ def test_validation_errors_cost_no_round_trip(proxy, proxied, user):
             uow.tasks.create(user_id=user, title="   ")
 
     assert round_trips(proxy, proxied, bad) == 0
+
+
+def test_the_first_unit_of_work_after_start_needs_only_what_libpq_needs(
+    proxy, persistence_database, user
+):
+    # A new engine: its first unit of work connects (one flight: the startup message,
+    # answered up to ReadyForQuery) and reads (one). No dialect initialisation, no query
+    # for the server's version or settings: they come with the connection.
+    engine = engine_through(proxy, persistence_database)
+    try:
+        proxy.reset_counts()
+        with UnitOfWork(engine) as uow:
+            uow.tasks.list(user_id=user)
+        assert proxy.connections_opened == 1
+        assert proxy.round_trips == 2
+    finally:
+        engine.dispose()
+
+
+def test_the_first_write_after_start_costs_one_round_trip_more_than_the_write(
+    proxy, persistence_database, user
+):
+    engine = engine_through(proxy, persistence_database)
+    try:
+        proxy.reset_counts()
+        with UnitOfWork(engine) as uow:
+            uow.tasks.create(user_id=user, title="first")
+        assert proxy.round_trips == 3  # connect, BEGIN + INSERT, COMMIT
+    finally:
+        engine.dispose()
+
+
+def test_iterate_costs_one_round_trip_a_page(proxy, proxied, user):
+    with UnitOfWork(proxied) as uow:
+        uow.tasks.create_many(user_id=user, items=[{"title": f"t{i}"} for i in range(10)])
+
+    def walk(uow: UnitOfWork) -> None:
+        assert len(list(uow.tasks.iterate(user_id=user, page_size=4))) == 10
+
+    assert round_trips(proxy, proxied, walk) == 3  # pages of 4, 4 and 2

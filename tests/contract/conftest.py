@@ -133,9 +133,16 @@ class _SyncTasks:
         method = getattr(self._tasks, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._loops.run(method(*args, **kwargs))
+            returned = method(*args, **kwargs)
+            if hasattr(returned, "__aiter__"):  # `iterate()`: walked to its end, on the loop
+                return iter(self._loops.run(_collected(returned)))
+            return self._loops.run(returned)
 
         return call
+
+
+async def _collected(items: Any) -> list[Any]:
+    return [item async for item in items]
 
 
 @pytest.fixture

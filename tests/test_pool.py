@@ -1,0 +1,187 @@
+"""The units of work's pool: bounded, no churn under load, idle extras closed, broken and
+old connections replaced, `engine.dispose()` closing it; counted, never timed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Engine, text
+
+from persistence import PoolTimeoutError, Settings, UnitOfWork, create_engine, pool_stats
+from persistence.testing import TestDatabase
+from tests.conftest import backend_pid, terminate
+
+
+def sessions(engine: Engine) -> int:
+    """How many sessions the server has on the test database (this one left out)."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                )
+            ).scalar_one()
+        )
+
+
+@pytest.fixture
+def small(persistence_database: TestDatabase, persistence_engine: Engine) -> Iterator[Engine]:
+    engine = create_engine(persistence_database.url, pool_size=2, max_overflow=2, pool_timeout=30)
+    yield engine
+    engine.dispose()
+
+
+def test_sustained_load_opens_no_more_connections_than_the_pool_holds(small: Engine, user: str):
+    # 16 threads x 25 units of work, on a pool of at most 4: every unit gets a connection,
+    # and no connection is closed and opened again while the load goes on.
+    def work(n: int) -> None:
+        for _ in range(25):
+            with UnitOfWork(small) as uow:
+                uow.tasks.create(user_id=user, title=f"thread {n}")
+                uow.tasks.list(user_id=user, limit=5)
+
+    with ThreadPoolExecutor(16) as threads:
+        list(threads.map(work, range(16)))
+    stats = pool_stats(small)
+    assert stats.opened <= 4
+    assert stats.size <= 4
+    assert stats.lent == 0
+    with UnitOfWork(small) as uow:
+        assert uow.tasks.count(user_id=user) == 16 * 25
+
+
+def test_connections_beyond_the_pool_size_are_closed_once_idle_too_long(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    settings = Settings(database_url=None, pool_size=1, max_overflow=3, pool_idle_timeout=0.0)
+    before = sessions(persistence_engine)
+    engine = create_engine(persistence_database.url, settings)
+    try:
+        started = threading.Barrier(4)
+
+        def hold() -> None:
+            with UnitOfWork(engine) as uow:
+                uow.tasks.count(user_id=user)
+                started.wait()  # all four at once: four connections
+
+        with ThreadPoolExecutor(4) as threads:
+            list(threads.map(lambda _: hold(), range(4)))
+        assert pool_stats(engine).opened == 4
+        # Idle longer than the (zero) bound: the extras go as connections come back and
+        # the next is lent; the one of `pool_size` stays.
+        with UnitOfWork(engine) as uow:
+            uow.tasks.count(user_id=user)
+        assert pool_stats(engine).size == 1
+        assert sessions(persistence_engine) == before + 1
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_older_than_the_recycle_age_is_replaced(
+    persistence_database: TestDatabase, user: str
+):
+    engine = create_engine(persistence_database.url, pool_size=1, max_overflow=0, pool_recycle=0)
+    try:
+        pids = []
+        for _ in range(3):
+            with UnitOfWork(engine) as uow:
+                pids.append(backend_pid(uow))
+        assert len(set(pids)) == 3
+        assert pool_stats(engine).opened == 3
+        assert pool_stats(engine).size == 0  # past its age when given back: closed then
+    finally:
+        engine.dispose()
+
+
+def test_a_waiter_is_handed_the_next_connection_given_back(
+    persistence_database: TestDatabase, user: str
+):
+    engine = create_engine(persistence_database.url, pool_size=1, max_overflow=0, pool_timeout=30)
+    try:
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with UnitOfWork(engine) as uow:
+                uow.tasks.count(user_id=user)
+                holding.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait(30)
+        with ThreadPoolExecutor(1) as waiting:
+            counted = waiting.submit(lambda: _count(engine, user))
+            for _ in range(3000):  # until the waiter has queued up
+                assert not counted.done(), counted.result()
+                if pool_stats(engine).waiting:
+                    break
+                threading.Event().wait(0.01)
+            release.set()
+            assert counted.result(timeout=30) == 0
+        holder.join()
+        assert pool_stats(engine).opened == 1
+    finally:
+        engine.dispose()
+
+
+def _count(engine: Engine, user: str) -> int:
+    with UnitOfWork(engine) as uow:
+        return uow.tasks.count(user_id=user)
+
+
+def test_no_free_connection_within_the_timeout_is_a_clear_error(
+    persistence_database: TestDatabase, user: str
+):
+    engine = create_engine(persistence_database.url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    try:
+        with UnitOfWork(engine) as holder:
+            holder.tasks.count(user_id=user)
+            with pytest.raises(PoolTimeoutError, match="pool exhausted"), UnitOfWork(engine) as uow:
+                uow.tasks.count(user_id=user)
+        assert pool_stats(engine).waiting == 0
+        assert _count(engine, user) == 0  # and the pool still serves
+    finally:
+        engine.dispose()
+
+
+def test_after_one_dead_connection_every_older_one_is_replaced(
+    persistence_database: TestDatabase, killer_engine: Engine, user: str
+):
+    engine = create_engine(persistence_database.url, pool_size=3, max_overflow=0)
+    try:
+        barrier = threading.Barrier(3)
+        pids: list[int] = []
+
+        def open_one() -> None:
+            with UnitOfWork(engine) as uow:
+                pids.append(backend_pid(uow))
+                barrier.wait()
+
+        with ThreadPoolExecutor(3) as threads:
+            list(threads.map(lambda _: open_one(), range(3)))
+        terminate(killer_engine, *pids)  # as a server restart does to all of them
+        for _ in range(3):  # the first one notices; none of the others is lent again
+            with UnitOfWork(engine) as uow:
+                assert uow.tasks.count(user_id=user) == 0
+                assert backend_pid(uow) not in pids
+    finally:
+        engine.dispose()
+
+
+def test_dispose_closes_the_units_of_works_connections(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    engine = create_engine(persistence_database.url, pool_size=2, max_overflow=0)
+    with UnitOfWork(engine) as uow:
+        uow.tasks.count(user_id=user)
+    assert pool_stats(engine).idle == 1
+    before = sessions(persistence_engine)
+    engine.dispose()
+    assert sessions(persistence_engine) == before - 1
+    with UnitOfWork(engine) as uow:  # the engine still works: a new pool
+        assert uow.tasks.count(user_id=user) == 0
+    engine.dispose()
