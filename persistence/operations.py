@@ -31,6 +31,7 @@ from persistence.rows import TaskRows
 from persistence.statements import Statement
 
 __all__ = [
+    "LIST_LIMIT_MAX",
     "UNSET",
     "NextPage",
     "Operation",
@@ -43,6 +44,7 @@ __all__ = [
     "page_size",
     "pages_of",
     "toggle_task",
+    "too_many_tasks",
     "update_task",
 ]
 
