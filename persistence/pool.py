@@ -226,6 +226,11 @@ class ConnectionPool:
         self._connect = connect
         self._core = _Core(options)
 
+    @property
+    def options(self) -> PoolOptions:
+        """How big it grows and how long its connections live."""
+        return self._core.options
+
     def getconn(self) -> Lease[psycopg.Connection[Any]]:
         """Lend a connection: a free one, a new one, or the next one given back.
 
@@ -317,6 +322,11 @@ class AsyncConnectionPool:
     ) -> None:
         self._connect = connect
         self._core = _Core(options)
+
+    @property
+    def options(self) -> PoolOptions:
+        """How big it grows and how long its connections live."""
+        return self._core.options
 
     async def getconn(self) -> Lease[psycopg.AsyncConnection[Any]]:
         """Lend a connection, as `ConnectionPool.getconn` does; a cancellation while

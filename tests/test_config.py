@@ -11,6 +11,7 @@ import pytest
 
 from persistence import ConfigurationError, UnitOfWork, dispose_engine, load_settings
 from persistence.async_database import create_async_engine
+from persistence.connections import database_of
 from persistence.database import create_engine, normalize_url
 from persistence.errors import scrub
 
@@ -187,6 +188,8 @@ def test_defaults_give_a_pool_of_five_to_twenty(monkeypatch, tmp_path: Path):
     assert settings.connect_timeout >= 10
     engine = create_engine("postgresql://u:pw@localhost/db", settings)
     assert (engine.pool.size(), engine.pool._max_overflow) == (5, 15)
+    units = database_of(engine).primary.options  # the units of work's own pool
+    assert (units.min_size, units.max_size, units.max_idle) == (5, 20, 60.0)
 
 
 @pytest.mark.parametrize(
@@ -262,5 +265,38 @@ def test_cold_start_settings_reach_the_pool_and_the_connection(
             raw = connection.connection.driver_connection
             assert raw.info.get_parameters().get("connect_timeout") == "17"
             assert raw.prepare_threshold is None
+        units = database_of(engine).primary.options  # and the units of work's pool
+        assert (units.max_lifetime, units.timeout) == (200.0, 4.5)
+        with UnitOfWork(engine) as uow:
+            uow.tasks.count(user_id="u")
+            mine = uow._connected()
+            assert mine.info.get_parameters().get("connect_timeout") == "17"
+            assert mine.prepare_threshold is None
+            assert mine.autocommit  # transactions are begun by the unit of work
     finally:
         engine.dispose()
+
+
+def test_every_setting_in_env_example_is_read(monkeypatch, tmp_path: Path):
+    # `.env.example` documents every setting: copied as `.env`, each one reaches `Settings`.
+    text = (ROOT / ".env.example").read_text()
+    names = [line.split("=", 1)[0] for line in text.splitlines() if "=" in line and line[0] != "#"]
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text(
+        text.replace("PERSISTENCE_TIMEOUT=\n", "PERSISTENCE_TIMEOUT=2.5\n").replace(
+            "DATABASE_READ_URL=\n", "DATABASE_READ_URL=postgresql://r1/db, postgresql://r2/db\n"
+        )
+    )
+    settings = load_settings(tmp_path)
+    assert settings.database_url is not None
+    assert settings.pool_idle_timeout == 60.0
+    assert settings.timeout == 2.5
+    assert settings.idle_in_transaction_timeout == 60.0
+    assert settings.read_urls == ("postgresql://r1/db", "postgresql://r2/db")
+    assert settings.read_max_lag == 5.0
+    documented = {name.lower().removeprefix("persistence_") for name in names}
+    read = {"database_url", "pool_size", "max_overflow", "pool_timeout", "pool_recycle"}
+    read |= {"connect_timeout", "embedded_dir", "test_database_url", "pool_idle_timeout"}
+    read |= {"timeout", "idle_in_transaction_timeout", "database_read_url", "read_max_lag"}
+    assert read <= documented
