@@ -21,6 +21,7 @@ from persistence.errors import (
 from persistence.models import Task, check_flag, check_isolation_level
 from persistence.operations import Operation
 from persistence.repository import TaskRepository
+from persistence.unit_of_work_base import inside_a_savepoint
 
 __all__ = ["AsyncFakeUnitOfWork", "FakeDatabase", "FakeUnitOfWork"]
 
@@ -165,10 +166,7 @@ class FakeUnitOfWork:
 
     def _not_in_a_savepoint(self, action: str) -> None:
         if self._savepoints:
-            raise PersistenceError(
-                f"{action} inside `savepoint()` is refused: it would end the savepoint's "
-                "transaction half-way; leave the savepoint block first"
-            )
+            raise inside_a_savepoint(action)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

@@ -100,16 +100,7 @@ class UnitOfWork(UnitOfWorkBase):
             self._start(joined=True, deadlines=deadlines(None, None))
             self._connection = raw
             return self
-        database: Database[ConnectionPool] = database_of(bind)
-        settings = database.settings
-        timeout = self._timeout if self._timeout is not None else settings.timeout
-        self._start(
-            joined=False, deadlines=deadlines(timeout, settings.idle_in_transaction_timeout)
-        )
-        self._database = database
-        self._pool, self._replica = database.pool_for(self._read_only)
-        if self._replica is not None:
-            self._on_replica(self._after, settings.read_max_lag)
+        self._start_on(database_of(bind))
         return self
 
     def __exit__(

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 import psycopg
 
 from persistence import statements
+from persistence.connections import Database
 from persistence.errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
@@ -53,6 +54,7 @@ __all__ = [
     "Steps",
     "UnitOfWorkBase",
     "default_binds",
+    "inside_a_savepoint",
     "multi_statement",
     "with_session_setup",
 ]
@@ -226,11 +228,21 @@ class UnitOfWorkBase:
         self._causal_token = None
         self._replica_check = None
 
-    def _on_replica(self, token: str | None, max_lag: float) -> None:
-        """The unit's connection comes from a replica: its first statement checks, in the
-        same pipeline, that the replica is within `max_lag` seconds and has replayed
-        `token` (the caller's causal token, if any)."""
-        self._replica_check = (token, max_lag)
+    def _start_on(self, database: Database[Any]) -> None:
+        """Start on one of `database`'s pools: a replica's for a read-only unit of work (a
+        standby can't run SERIALIZABLE: those read from the primary), else the primary's.
+        On a replica, the unit's first statement checks, in the same round trip, that the
+        replica is within the lag bound and has replayed the caller's causal token."""
+        settings = database.settings
+        timeout = self._timeout if self._timeout is not None else settings.timeout
+        self._start(
+            joined=False, deadlines=deadlines(timeout, settings.idle_in_transaction_timeout)
+        )
+        self._database = database
+        on_replica = self._read_only and self._isolation_level != "SERIALIZABLE"
+        self._pool, self._replica = database.pool_for(on_replica)
+        if self._replica is not None:
+            self._replica_check = (self._after, settings.read_max_lag)
 
     def _stop(self) -> None:
         self._active = False
@@ -246,10 +258,7 @@ class UnitOfWorkBase:
 
     def _not_in_a_savepoint(self, action: str) -> None:
         if self._savepoints:
-            raise PersistenceError(
-                f"{action} inside `savepoint()` is refused: it would end the savepoint's "
-                "transaction half-way; leave the savepoint block first"
-            )
+            raise inside_a_savepoint(action)
 
     @property
     def _snapshot(self) -> bool:
@@ -331,7 +340,11 @@ class UnitOfWorkBase:
         that can't serve the unit's first statement hands it over to the primary."""
         began, state = self._began, self._state
         check, self._replica_check = self._replica_check, None
-        sent = batch if check is None else (_replica_status(check[0]), *batch)
+        sent, at = batch, 0
+        if check is not None:
+            # After a BEGIN (isolation levels must come before any query), else first.
+            at = 1 if batch[0][0].startswith("BEGIN") else 0
+            sent = (*batch[:at], _replica_status(check[0]), *batch[at:])
         try:
             results: list[Any] = yield Execute(sent)
         except Exception as exc:
@@ -351,9 +364,9 @@ class UnitOfWorkBase:
             raise
         else:
             if check is not None:
-                behind = _replica_behind(results[0][0], check[1])
+                behind = _replica_behind(results[at][0], check[1])
                 if behind is None:
-                    results = results[1:]
+                    results = results[:at] + results[at + 1 :]
                 else:
                     switch = Reroute(*behind)
                     results = yield from self._again(action, batch, switch, state)
@@ -555,6 +568,14 @@ class UnitOfWorkBase:
                 yield from self._commit_steps(aborted)
         finally:
             yield Release()
+
+
+def inside_a_savepoint(action: str) -> PersistenceError:
+    """The error for `commit()` or `rollback()` inside `savepoint()` (the fakes' too)."""
+    return PersistenceError(
+        f"{action} inside `savepoint()` is refused: it would end the savepoint's "
+        "transaction half-way; leave the savepoint block first"
+    )
 
 
 def with_session_setup(batch: Batch) -> tuple[Batch, int]:

@@ -20,7 +20,7 @@ from persistence import AsyncUnitOfWork, Task, UnitOfWork, create_engine, pool_s
 from persistence.database import normalize_url
 from persistence.statements import compile_statement
 from persistence.testing import TestDatabase
-from tests.proxying import proxy_for
+from tests.proxying import engine_through, proxy_for
 
 
 @pytest.fixture
@@ -178,6 +178,28 @@ def wait_until_gone(engine: Engine, pid: int) -> None:
     """Return once server process `pid` has ended."""
     sql = "SELECT count(*) FROM pg_stat_activity WHERE pid = %(pid)s"
     assert _until(engine, sql, {"pid": pid}, lambda alive: alive == 0), f"{pid} never ended"
+
+
+@pytest.fixture
+def small_engine(
+    persistence_database: TestDatabase, persistence_engine: Engine
+) -> Iterator[Engine]:
+    """An engine of its own with a pool of two: what a test does to its connections (kill
+    them, say) touches no other test."""
+    engine = create_engine(persistence_database.url, pool_size=2, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def cut_engine(persistence_database: TestDatabase, proxy: LatencyProxy) -> Iterator[Engine]:
+    """An engine reaching the database through `proxy`, its first connection already made:
+    a cut armed on the proxy then lands on a unit of work's own statements."""
+    engine = engine_through(proxy, persistence_database, pool_size=2)
+    with UnitOfWork(engine) as uow:
+        uow.tasks.count(user_id="warm-up")
+    yield engine
+    engine.dispose()
 
 
 def committed_count(engine: Engine, user: str) -> int:

@@ -10,7 +10,7 @@ raises `ConnectionLostError` (safe to run again); unreachable, `CommitOutcomeUnk
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -28,19 +28,10 @@ from persistence import (
 )
 from persistence.testing import TestDatabase
 from tests.conftest import committed_count
-from tests.proxying import async_engine_through, engine_through
+from tests.proxying import async_engine_through
 
 # BEGIN + the first write (and its transaction id) are the first flight, COMMIT the second.
 COMMIT_FLIGHT = 2
-
-
-@pytest.fixture
-def cut_engine(persistence_database: TestDatabase, proxy: LatencyProxy) -> Iterator[Engine]:
-    engine = engine_through(proxy, persistence_database, pool_size=2)
-    with UnitOfWork(engine) as uow:  # the first connection's set-up, before any cut is armed
-        uow.tasks.count(user_id="warm-up")
-    yield engine
-    engine.dispose()
 
 
 @pytest_asyncio.fixture

@@ -19,19 +19,8 @@ from persistence import (
     create_engine,
     init_db,
 )
-from persistence.testing import TestDatabase
 from tests.conftest import execute_in
-from tests.proxying import engine_through
 from tests.servers import LocalServer
-
-
-@pytest.fixture
-def cut_engine(persistence_database: TestDatabase, proxy: LatencyProxy) -> Iterator[Engine]:
-    engine = engine_through(proxy, persistence_database, pool_size=2)
-    with UnitOfWork(engine) as uow:  # the first connection's set-up, before any cut is armed
-        uow.tasks.count(user_id="warm-up")
-    yield engine
-    engine.dispose()
 
 
 def committed(engine: Engine, user: str) -> list[str]:

@@ -29,13 +29,6 @@ def _backend_pid(uow: UnitOfWork) -> int:
     return backend_pid(uow)
 
 
-@pytest.fixture
-def small_engine(persistence_database: TestDatabase, persistence_engine: Engine):
-    engine = create_engine(persistence_database.url, pool_size=2, max_overflow=0)
-    yield engine
-    engine.dispose()
-
-
 def test_a_pooled_connection_that_died_while_idle_is_replaced_unseen(
     small_engine: Engine, persistence_engine: Engine, killer_engine: Engine, user: str
 ):

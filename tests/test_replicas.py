@@ -228,3 +228,24 @@ async def test_async_a_read_after_a_write_never_misses_it_while_the_replica_lags
     finally:
         cluster.resume()
         await engine.dispose()
+
+
+def test_a_repeatable_read_unit_reads_from_the_replica_in_one_snapshot(
+    cluster: Cluster, engine: Engine, user: str
+):
+    with UnitOfWork(engine) as uow:
+        uow.tasks.create(user_id=user, title="seen twice")
+    cluster.caught_up()
+    with UnitOfWork(engine, read_only=True, isolation_level="REPEATABLE READ") as uow:
+        first = uow.tasks.count(user_id=user)
+        assert served_by_a_standby(uow)
+        level = execute_in(uow, select(func.current_setting("transaction_isolation")))
+        assert level[0][0] == "repeatable read"
+        assert uow.tasks.count(user_id=user) == first == 1
+
+
+def test_a_serializable_read_only_unit_reads_from_the_primary(engine: Engine, user: str):
+    # A hot standby can't run SERIALIZABLE transactions.
+    with UnitOfWork(engine, read_only=True, isolation_level="SERIALIZABLE") as uow:
+        assert uow.tasks.count(user_id=user) == 0
+        assert not served_by_a_standby(uow)

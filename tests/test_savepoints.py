@@ -7,20 +7,12 @@ import logging
 import pytest
 from sqlalchemy import Engine, insert
 
-from persistence import ConnectionLostError, DatabaseError, Task, UnitOfWork, create_engine
-from persistence.testing import TestDatabase
+from persistence import ConnectionLostError, DatabaseError, Task, UnitOfWork
 from tests.conftest import backend_pid, committed_count, execute_in, terminate
 
 
 class Boom(Exception):
     """The application's own failure."""
-
-
-@pytest.fixture
-def small_engine(persistence_database: TestDatabase, persistence_engine: Engine):
-    engine = create_engine(persistence_database.url, pool_size=2, max_overflow=0)
-    yield engine
-    engine.dispose()
 
 
 def test_a_failed_rollback_to_a_savepoint_lets_the_callers_own_error_through(
