@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tls-url",
         default=os.environ.get(coldstart.TLS_ENV),
-        help=f"a TLS + SCRAM server for first-unit (default: ${coldstart.TLS_ENV})",
+        help=(
+            f"a TLS + SCRAM server for first-unit (default: ${coldstart.TLS_ENV}, else a "
+            "private TLS server started for the section)"
+        ),
     )
     args = parser.parse_args(argv)
     chosen = _names(args.only, parser) or list(SECTIONS)

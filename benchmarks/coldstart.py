@@ -10,17 +10,21 @@ counts every reply as ending a flight, as libpq waits for each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import secrets
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import URL
 
 from benchmarks.common import (
+    DATABASE,
     LIST,
     ROOT,
     USER,
@@ -34,7 +38,7 @@ from benchmarks.common import (
     target,
     through,
 )
-from benchmarks.summary import at_most, not_measured, print_figures
+from benchmarks.summary import Figure, at_most, not_measured, print_figures
 
 IMPORT_TARGET_MS = 250.0
 TARGETS = {"plain": 3, "TLS + SCRAM": 8}
@@ -175,44 +179,82 @@ def first_units(url: URL, tls_url: str | None) -> None:
         "A fresh child process builds the engine, then runs one unit of work: "
         "`with UnitOfWork(engine) as uow: uow.tasks.list(user_id=..., limit=50)`; raw: "
         "`psycopg.connect(...)` then the same SELECT and `fetchall()`. Counted by the "
-        "proxy from before the connect to the end of the unit.\n"
+        "proxy from before the connect to the end of the unit. TLS + SCRAM: the server of "
+        "`--tls-url`, else a private one started for this section (`tests.servers."
+        "LocalServer`, TLS on, `hostssl ... scram-sha-256` only, a role with a password, "
+        "`sslmode=require&channel_binding=require`), stopped at its end.\n"
     )
-    servers: list[tuple[str, URL | None]] = [("plain", url)]
-    if tls_url:
-        servers.append(("TLS + SCRAM", normalize(tls_url)))
-    else:
-        servers.append(("TLS + SCRAM", None))
     print("| server | persistence RT | raw psycopg RT | connections (ours, raw) |")
     print("|---|---|---|---|")
-    figures = []
-    for label, server in servers:
-        name = f"first unit of work after start, round trips ({label})"
-        if server is None:
-            print(f"| {label} | skipped: no TLS server (pass --tls-url) | | |")
-            skipped(f"{label}: no TLS server (pass --tls-url or set {TLS_ENV})")
-            figures.append(
-                not_measured(name, f"≤ {TARGETS[label]}", "no TLS server (pass --tls-url)")
-            )
-            continue
-        try:
-            if label != "plain":
-                _prepare(server)
-            ensure_tasks(server, USER)
-            ours, raw = _first_unit(server, "ours"), _first_unit(server, "raw")
-        except Exception as exc:
-            reason = f"{label} server failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            print(f"| {label} | {reason} | | |")
-            skipped(reason)
-            figures.append(not_measured(name, f"≤ {TARGETS[label]}", reason))
-            continue
-        print(
-            f"| {label} (`{shown(server)}`) | {ours['round_trips']} | {raw['round_trips']} | "
-            f"{ours['connections']}, {raw['connections']} |",
-            flush=True,
+    notes: list[str] = []
+    figures = [_first_unit_row("plain", lambda: contextlib.nullcontext(url))]
+    figures.append(
+        _first_unit_row(
+            "TLS + SCRAM",
+            (lambda: contextlib.nullcontext(normalize(tls_url)))
+            if tls_url
+            else lambda: _private_tls(notes),
         )
-        figures.append(at_most(name, ours["round_trips"], TARGETS[label], "{:.0f}"))
+    )
     print()
+    for note in notes:
+        print(f"{note}\n")
     print_figures(figures)
+
+
+def _first_unit_row(
+    label: str, server: Callable[[], contextlib.AbstractContextManager[URL]]
+) -> Figure:
+    name = f"first unit of work after start, round trips ({label})"
+    try:
+        with server() as url:
+            if label != "plain":
+                _prepare(url)
+            ensure_tasks(url, USER)
+            ours, raw = _first_unit(url, "ours"), _first_unit(url, "raw")
+    except Exception as exc:
+        reason = f"{label} server failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        print(f"| {label} | {reason} | | |")
+        skipped(reason)
+        return not_measured(name, f"≤ {TARGETS[label]}", reason)
+    print(
+        f"| {label} (`{shown(url)}`) | {ours['round_trips']} | {raw['round_trips']} | "
+        f"{ours['connections']}, {raw['connections']} |",
+        flush=True,
+    )
+    return at_most(name, ours["round_trips"], TARGETS[label], "{:.0f}")
+
+
+@contextlib.contextmanager
+def _private_tls(notes: list[str]) -> Iterator[URL]:
+    """A private TLS server that lets one password role in over TLS with SCRAM only; its
+    URL (password included: never print it unmasked). Raises `ServerError` (from
+    `tests.servers`) when no PostgreSQL build with TLS is on the machine."""
+    from tests.servers import LocalServer
+
+    role, password = "bench_tls", secrets.token_urlsafe(18)
+    hba = [
+        f"hostssl all {role} 127.0.0.1/32 scram-sha-256",
+        f"hostnossl all {role} 127.0.0.1/32 reject",
+    ]
+    settings = {"password_encryption": "scram-sha-256"}
+    with LocalServer.start(ssl=True, settings=settings, hba=hba) as server:
+        server.create_role(role, password=password, attributes=("LOGIN", "CREATEDB"))
+        server.execute_admin(f'CREATE DATABASE "{DATABASE}" OWNER "{role}"')
+        version = server.execute_admin("SHOW server_version")[0][0]
+        notes.append(
+            f"TLS + SCRAM: a private server, PostgreSQL {version} from `{server.bin_dir}` "
+            f"(the machine's own server is not touched), stopped after this section."
+        )
+        yield normalize(
+            server.url(
+                DATABASE,
+                user=role,
+                password=password,
+                sslmode="require",
+                channel_binding="require",
+            )
+        )
 
 
 def _prepare(url: URL) -> None:
