@@ -52,8 +52,10 @@ _STATEMENTS = {
 _ASYNC_MODULES = ("asyncio", "sqlalchemy.ext.asyncio", "greenlet")
 
 
-def _own_imports_us(code: str) -> tuple[int, int | None]:
-    """(µs of every top-level import `code` triggers, µs of the `persistence` line)."""
+def _own_imports_us(code: str) -> tuple[int, int | None, int]:
+    """(µs of every top-level import `code` triggers, µs of the `persistence` line, the
+    summed *self* µs of every `persistence` and `persistence.*` line: the package's own
+    modules, without what they import)."""
     program = f"import sys; sys.stderr.write({_MARKER!r} + '\\n'); sys.stderr.flush(); {code}"
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", program],
@@ -64,19 +66,22 @@ def _own_imports_us(code: str) -> tuple[int, int | None]:
     )
     lines = done.stderr.splitlines()
     after = lines[lines.index(_MARKER) + 1 :]
-    total, package_line = 0, None
+    total, package_line, own_self = 0, None, 0
     for line in after:
-        if not line.startswith("import time:") or "|" not in line:
+        if not line.startswith("import time:") or line.count("|") != 2:
             continue
-        _, cumulative, name = line.split("|", 2)
+        own, cumulative, name = line.removeprefix("import time:").split("|", 2)
         if not cumulative.strip().isdigit():
             continue  # the header line
+        module = name.strip()
+        if module == "persistence" or module.startswith("persistence."):
+            own_self += int(own)
         indent = len(name) - len(name.lstrip()) - 1
         if indent == 0:
             total += int(cumulative)
-            if name.strip() == "persistence":
+            if module == "persistence":
                 package_line = int(cumulative)
-    return total, package_line
+    return total, package_line, own_self
 
 
 def _cpu_ms(code: str) -> float:
@@ -104,29 +109,34 @@ def imports(runs: int = 5) -> None:
     print(
         "The cumulative µs of every top-level import the statement triggers (for "
         "`import persistence`: its own line), in a fresh interpreter; a first, untimed run "
-        "writes the bytecode caches. Import time is wall time and swings with the machine's "
-        "load; the CPU column (user + sys of `python -c <statement>` less that of "
-        "`python -c pass`, median, no -X importtime) swings less.\n"
+        'writes the bytecode caches. "Own modules" sums the *self* µs of every '
+        "`persistence` and `persistence.*` line of the same runs: the package's own "
+        "module code, without SQLAlchemy, SQLModel, psycopg... that they import. Import "
+        "time is wall time and swings with the machine's load; the CPU column (user + sys "
+        "of `python -c <statement>` less that of `python -c pass`, median, no -X "
+        "importtime) swings less.\n"
     )
     print(
-        "| statement | ms (median) | min ms | CPU ms | "
+        "| statement | ms (median) | min ms | own modules ms (self, median) | CPU ms | "
         + " | ".join(f"`{m}` loaded" for m in _ASYNC_MODULES)
         + " |"
     )
-    print("|---|---|---|---|" + "---|" * len(_ASYNC_MODULES))
+    print("|---|---|---|---|---|" + "---|" * len(_ASYNC_MODULES))
     bare = statistics.median(_cpu_ms("pass") for _ in range(runs))
     figures = []
     for label, code in _STATEMENTS.items():
         _own_imports_us(code)
-        samples = []
+        samples, own_samples = [], []
         for _ in range(runs):
-            total, package_line = _own_imports_us(code)
+            total, package_line, own_self = _own_imports_us(code)
             samples.append(package_line if code == "import persistence" and package_line else total)
+            own_samples.append(own_self)
         ms = statistics.median(samples) / 1000
+        own_ms = statistics.median(own_samples) / 1000
         loaded = _loaded(code)
         cpu_ms = statistics.median(_cpu_ms(code) for _ in range(runs)) - bare
         print(
-            f"| `{label}` | {ms:.0f} | {min(samples) / 1000:.0f} | {cpu_ms:.0f} | "
+            f"| `{label}` | {ms:.0f} | {min(samples) / 1000:.0f} | {own_ms:.0f} | {cpu_ms:.0f} | "
             + " | ".join("yes" if loaded[m] else "no" for m in _ASYNC_MODULES)
             + " |",
             flush=True,
@@ -134,6 +144,16 @@ def imports(runs: int = 5) -> None:
         figures.append(
             at_most(f'`python -X importtime -c "{code}"`, ms', ms, IMPORT_TARGET_MS, "{:.0f}")
         )
+        if code == "from persistence import UnitOfWork":
+            figures.append(
+                at_most(
+                    f"own modules' import time for `{code}`, ms (self µs of the "
+                    "`persistence*` lines, summed)",
+                    own_ms,
+                    IMPORT_TARGET_MS,
+                    "{:.0f}",
+                )
+            )
         for module in ("asyncio", "sqlalchemy.ext.asyncio"):
             figures.append(
                 _absent(
