@@ -57,11 +57,11 @@ SECTIONS: dict[str, Section] = {
     ),
     "throughput": Section(
         "sync throughput at 1-16 threads vs psycopg_pool.ConnectionPool",
-        lambda url, a: throughput.sync(url, _ints(a.threads), a.duration),
+        lambda url, a: throughput.sync(url, _ints(a.threads), _windows(a)),
     ),
     "async-throughput": Section(
         "async throughput at 50 and 200 tasks vs psycopg_pool.AsyncConnectionPool",
-        lambda url, a: throughput.run_async(url, _ints(a.tasks), a.duration),
+        lambda url, a: throughput.run_async(url, _ints(a.tasks), _windows(a)),
     ),
     "connections": Section(
         "connections opened by the default pool under 200 async tasks / 50 threads",
@@ -103,6 +103,10 @@ SECTIONS: dict[str, Section] = {
 }
 
 
+def _windows(args: argparse.Namespace) -> throughput.Windows:
+    return throughput.Windows(args.windows, args.window)
+
+
 def _floats(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part]
 
@@ -139,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2,4,8,16", help="thread counts (throughput)")
     parser.add_argument("--tasks", default="50,200", help="task counts (async-throughput)")
     parser.add_argument(
-        "--duration",
-        type=float,
-        default=3.0,
-        help="seconds of load per implementation and count (throughput)",
+        "--windows",
+        type=int,
+        default=8,
+        help="alternating windows per count, A B B A A B B A... (throughput sections; even)",
+    )
+    parser.add_argument(
+        "--window", type=float, default=1.5, help="seconds per window (throughput sections)"
     )
     parser.add_argument("--churn-seconds", type=float, default=10.0)
     parser.add_argument("--create-many-rows", type=int, default=100_000)
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     args = parser.parse_args(argv)
+    if args.windows < 2 or args.windows % 2:
+        parser.error(f"--windows must be an even number of at least 2, not {args.windows}")
     chosen = _names(args.only, parser) or list(SECTIONS)
     skip = set(_names(args.skip, parser))
     chosen = [name for name in chosen if name not in skip]
