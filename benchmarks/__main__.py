@@ -28,6 +28,7 @@ from benchmarks import (
     latency,
     memory,
     pages,
+    replicas,
     roundtrips,
     throughput,
 )
@@ -78,6 +79,13 @@ SECTIONS: dict[str, Section] = {
     "first-unit": Section(
         "round trips of a fresh process's first unit of work, plain and TLS + SCRAM",
         lambda url, a: coldstart.first_units(url, a.tls_url),
+    ),
+    "replicas": Section(
+        "read throughput with one streaming replica vs none (private servers), causal reads",
+        lambda url, a: replicas.run(
+            a.replica_threads, throughput.Windows(a.replica_windows, a.replica_window)
+        ),
+        needs_database=False,
     ),
     "import": Section(
         "import time of `import persistence` and what it loads",
@@ -151,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--window", type=float, default=1.5, help="seconds per window (throughput sections)"
     )
+    parser.add_argument("--replica-threads", type=int, default=8, help="threads (replicas)")
+    parser.add_argument(
+        "--replica-windows", type=int, default=4, help="A B B A windows (replicas; even)"
+    )
+    parser.add_argument(
+        "--replica-window", type=float, default=2.0, help="seconds per window (replicas)"
+    )
     parser.add_argument("--churn-seconds", type=float, default=10.0)
     parser.add_argument("--create-many-rows", type=int, default=100_000)
     parser.add_argument("--create-many-reps", type=int, default=3)
@@ -165,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     args = parser.parse_args(argv)
-    if args.windows < 2 or args.windows % 2:
-        parser.error(f"--windows must be an even number of at least 2, not {args.windows}")
+    for flag in ("windows", "replica_windows"):
+        count = getattr(args, flag)
+        if count < 2 or count % 2:
+            parser.error(f"--{flag.replace('_', '-')} must be an even number ≥ 2, not {count}")
     chosen = _names(args.only, parser) or list(SECTIONS)
     skip = set(_names(args.skip, parser))
     chosen = [name for name in chosen if name not in skip]

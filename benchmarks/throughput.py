@@ -51,11 +51,18 @@ def ensure_users(url: URL, users: int) -> None:
         ensure_tasks(url, f"tp-{n}")
 
 
-def phase(unit: Unit, threads: int, seconds: float, prefix: str = "tp") -> tuple[int, float]:
+def phase(
+    unit: Unit,
+    threads: int,
+    seconds: float,
+    prefix: str = "tp",
+    before: Callable[[], None] | None = None,
+) -> tuple[int, float]:
     """Run `unit` in `threads` threads for about `seconds`, thread n as user `{prefix}-{n}`;
-    (units done, elapsed s). The first failure of a thread is raised."""
+    (units done, elapsed s). Each thread's first, untimed unit runs before `before` is
+    called, and every counted unit after it. The first failure of a thread is raised."""
     stop = threading.Event()
-    start = threading.Barrier(threads + 1)
+    start = threading.Barrier(threads + 1, action=before)
     done = [0] * threads
     failures: list[BaseException] = []
 
