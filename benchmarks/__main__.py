@@ -28,6 +28,7 @@ from benchmarks import (
     latency,
     memory,
     pages,
+    replicas,
     roundtrips,
     throughput,
 )
@@ -57,11 +58,11 @@ SECTIONS: dict[str, Section] = {
     ),
     "throughput": Section(
         "sync throughput at 1-16 threads vs psycopg_pool.ConnectionPool",
-        lambda url, a: throughput.sync(url, _ints(a.threads), a.duration),
+        lambda url, a: throughput.sync(url, _ints(a.threads), _windows(a)),
     ),
     "async-throughput": Section(
         "async throughput at 50 and 200 tasks vs psycopg_pool.AsyncConnectionPool",
-        lambda url, a: throughput.run_async(url, _ints(a.tasks), a.duration),
+        lambda url, a: throughput.run_async(url, _ints(a.tasks), _windows(a)),
     ),
     "connections": Section(
         "connections opened by the default pool under 200 async tasks / 50 threads",
@@ -78,6 +79,13 @@ SECTIONS: dict[str, Section] = {
     "first-unit": Section(
         "round trips of a fresh process's first unit of work, plain and TLS + SCRAM",
         lambda url, a: coldstart.first_units(url, a.tls_url),
+    ),
+    "replicas": Section(
+        "read throughput with one streaming replica vs none (private servers), causal reads",
+        lambda url, a: replicas.run(
+            a.replica_threads, throughput.Windows(a.replica_windows, a.replica_window)
+        ),
+        needs_database=False,
     ),
     "import": Section(
         "import time of `import persistence` and what it loads",
@@ -101,6 +109,10 @@ SECTIONS: dict[str, Section] = {
         lambda url, a: pages.run(url, a.page_rows, max(a.reps, 5)) if a.page_rows else None,
     ),
 }
+
+
+def _windows(args: argparse.Namespace) -> throughput.Windows:
+    return throughput.Windows(args.windows, args.window)
 
 
 def _floats(text: str) -> list[float]:
@@ -139,10 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2,4,8,16", help="thread counts (throughput)")
     parser.add_argument("--tasks", default="50,200", help="task counts (async-throughput)")
     parser.add_argument(
-        "--duration",
-        type=float,
-        default=3.0,
-        help="seconds of load per implementation and count (throughput)",
+        "--windows",
+        type=int,
+        default=8,
+        help="alternating windows per count, A B B A A B B A... (throughput sections; even)",
+    )
+    parser.add_argument(
+        "--window", type=float, default=1.5, help="seconds per window (throughput sections)"
+    )
+    parser.add_argument("--replica-threads", type=int, default=8, help="threads (replicas)")
+    parser.add_argument(
+        "--replica-windows", type=int, default=4, help="A B B A windows (replicas; even)"
+    )
+    parser.add_argument(
+        "--replica-window", type=float, default=2.0, help="seconds per window (replicas)"
     )
     parser.add_argument("--churn-seconds", type=float, default=10.0)
     parser.add_argument("--create-many-rows", type=int, default=100_000)
@@ -152,9 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tls-url",
         default=os.environ.get(coldstart.TLS_ENV),
-        help=f"a TLS + SCRAM server for first-unit (default: ${coldstart.TLS_ENV})",
+        help=(
+            f"a TLS + SCRAM server for first-unit (default: ${coldstart.TLS_ENV}, else a "
+            "private TLS server started for the section)"
+        ),
     )
     args = parser.parse_args(argv)
+    for flag in ("windows", "replica_windows"):
+        count = getattr(args, flag)
+        if count < 2 or count % 2:
+            parser.error(f"--{flag.replace('_', '-')} must be an even number ≥ 2, not {count}")
     chosen = _names(args.only, parser) or list(SECTIONS)
     skip = set(_names(args.skip, parser))
     chosen = [name for name in chosen if name not in skip]
