@@ -46,6 +46,8 @@ P = TypeVar("P", ConnectionPool, AsyncConnectionPool)
 # A replica that failed is left aside this long before it is tried again, in seconds.
 DOWN_FOR = 5.0
 LAGGING_FOR = 1.0
+# A replica not known to have replayed a causal token is asked again after this long.
+ASK_AGAIN_AFTER = 1.0
 
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 
@@ -89,6 +91,15 @@ class Replica(Generic[P]):
     pool: P
     label: str
     aside_until: float = 0.0
+    replayed: int = 0
+    """How far it was last seen to have replayed (a WAL position; it only grows)."""
+    seen_at: float = 0.0
+    """When that was (`time.monotonic()`)."""
+
+    def saw(self, replayed: int) -> None:
+        """A status check found it replayed this far."""
+        self.replayed = max(self.replayed, replayed)
+        self.seen_at = time.monotonic()
 
 
 @dataclass
@@ -102,16 +113,24 @@ class Database(Generic[P]):
     replicas: list[Replica[P]] = field(default_factory=list)
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
-    def pool_for(self, read_only: bool) -> tuple[P, Replica[P] | None]:
+    def pool_for(self, read_only: bool, after: int = 0) -> tuple[P, Replica[P] | None]:
         """The pool a unit of work takes its connection from: a replica's for a read-only
-        one (in turn, skipping those left aside), else the primary's."""
+        one (in turn, skipping those left aside), else the primary's.
+
+        With a causal token's position `after`: a replica already seen to have replayed
+        that far; else one not asked for a while (its status check, riding with the
+        read, tells); else the primary — a read right after a write would otherwise be
+        sent to a replica that has not caught up yet, only to be sent again."""
         if read_only and self.replicas:
             now = time.monotonic()
-            start = next(self._turn)
-            for offset in range(len(self.replicas)):
-                replica = self.replicas[(start + offset) % len(self.replicas)]
-                if replica.aside_until <= now:
-                    return replica.pool, replica
+            turn = next(self._turn)
+            ready = [r for r in self.replicas if r.aside_until <= now]
+            if after:
+                caught_up = [r for r in ready if r.replayed >= after]
+                ready = caught_up or [r for r in ready if now - r.seen_at > ASK_AGAIN_AFTER]
+            if ready:
+                replica = ready[turn % len(ready)]
+                return replica.pool, replica
         return self.primary, None
 
     def set_aside(self, replica: Replica[P], why: str, *, down: bool) -> None:

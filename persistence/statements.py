@@ -294,9 +294,9 @@ def xact_status() -> Statement:
 
 @functools.cache
 def replica_status() -> Statement:
-    """Whether the server is a standby, how far it has replayed (`replayed`: at least the
-    `token` position, `NULL` when no token), and how many seconds of commits it is behind
-    (0 when it has replayed all it received)."""
+    """Whether the server is a standby, whether it has replayed at least the `token`
+    position (`NULL` when no token), how many seconds of commits it is behind (0 when it
+    has replayed all it received), and how far it has replayed (as text)."""
     receive, replay = func.pg_last_wal_receive_lsn(), func.pg_last_wal_replay_lsn()
     lag = case(
         (receive == replay, 0.0),
@@ -307,7 +307,9 @@ def replica_status() -> Statement:
         (token.is_(None), None),
         else_=replay >= cast(token, _Named("pg_lsn")),
     )
-    return compile_statement(select(func.pg_is_in_recovery(), replayed, func.coalesce(lag, 0.0)))
+    return compile_statement(
+        select(func.pg_is_in_recovery(), replayed, func.coalesce(lag, 0.0), cast(replay, Text))
+    )
 
 
 @functools.cache

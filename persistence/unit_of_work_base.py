@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 import psycopg
 
 from persistence import statements
+from persistence.causal import position
 from persistence.connections import Database
 from persistence.errors import (
     CommitOutcomeUnknownError,
@@ -240,7 +241,8 @@ class UnitOfWorkBase:
         )
         self._database = database
         on_replica = self._read_only and self._isolation_level != "SERIALIZABLE"
-        self._pool, self._replica = database.pool_for(on_replica)
+        after = position(self._after) if self._after else 0
+        self._pool, self._replica = database.pool_for(on_replica, after)
         if self._replica is not None:
             self._replica_check = (self._after, settings.read_max_lag)
 
@@ -364,7 +366,10 @@ class UnitOfWorkBase:
             raise
         else:
             if check is not None:
-                behind = _replica_behind(results[at][0], check[1])
+                status = results[at][0]
+                if self._replica is not None and status[3] is not None:
+                    self._replica.saw(position(status[3]))
+                behind = _replica_behind(status, check[1])
                 if behind is None:
                     results = results[:at] + results[at + 1 :]
                 else:
@@ -613,11 +618,11 @@ def _replica_status(token: str | None) -> tuple[str, tuple[Any, ...], None]:
 
 
 def _replica_behind(
-    status: tuple[bool, bool | None, float], max_lag: float
+    status: tuple[bool, bool | None, float, str | None], max_lag: float
 ) -> tuple[str, str | None] | None:
     """Why a replica can't serve a read (from its status row) and whether to leave it
     aside, or `None` if it can serve it."""
-    standby, replayed, lag = status
+    standby, replayed, lag, _position = status
     if not standby:
         return None  # a primary is never behind
     if lag > max_lag:

@@ -122,7 +122,10 @@ def test_a_read_after_a_write_never_misses_it_while_the_replica_lags(
         assert served_by_a_standby(uow)
     cluster.resume()
     cluster.caught_up()
-    # Once it has replayed that far, the token is served by the replica.
+    # Once it is seen to have replayed that far (any read's status check tells), the
+    # token is served by the replica.
+    with UnitOfWork(engine, read_only=True) as uow:
+        assert [t.title for t in uow.tasks.list(user_id=user)] == ["just written"]
     with UnitOfWork(engine, read_only=True, after=token) as uow:
         assert [t.title for t in uow.tasks.list(user_id=user)] == ["just written"]
         assert served_by_a_standby(uow)
