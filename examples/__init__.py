@@ -1,0 +1,1 @@
+"""Examples of applications built on `persistence` (not part of the distribution)."""
