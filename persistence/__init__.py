@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from persistence.extras import DISTRIBUTION, MissingExtraError
     from persistence.fake import AsyncFakeUnitOfWork, FakeDatabase, FakeUnitOfWork
     from persistence.models import LIST_LIMIT_MAX, Task
+    from persistence.pool import PoolStats
     from persistence.repository import UNSET, TaskRepository
     from persistence.transactions import run_in_transaction
     from persistence.unit_of_work import UnitOfWork
@@ -63,6 +64,7 @@ _HOMES = {
     "Settings": "config",
     "load_settings": "config",
     "pool_stats": "connections",
+    "PoolStats": "pool",
     "create_engine": "database",
     "dispose_engine": "database",
     "get_engine": "database",
@@ -113,6 +115,7 @@ __all__ = [
     "LastWrites",
     "MissingExtraError",
     "PersistenceError",
+    "PoolStats",
     "PoolTimeoutError",
     "Settings",
     "Task",
