@@ -23,8 +23,9 @@ if TYPE_CHECKING:
         dispose_async_engine,
         get_async_engine,
     )
+    from persistence.async_repository import AsyncTaskRepository
     from persistence.async_transactions import run_in_transaction_async
-    from persistence.async_unit_of_work import AsyncTaskRepository, AsyncUnitOfWork
+    from persistence.async_unit_of_work import AsyncUnitOfWork
     from persistence.causal import LastWrites
     from persistence.config import Settings, load_settings
     from persistence.connections import pool_stats
@@ -58,7 +59,7 @@ _HOMES = {
     "dispose_async_engine": "async_database",
     "get_async_engine": "async_database",
     "run_in_transaction_async": "async_transactions",
-    "AsyncTaskRepository": "async_unit_of_work",
+    "AsyncTaskRepository": "async_repository",
     "AsyncUnitOfWork": "async_unit_of_work",
     "LastWrites": "causal",
     "Settings": "config",

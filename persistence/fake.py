@@ -12,13 +12,19 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from persistence import operations
-from persistence.async_unit_of_work import AsyncTaskRepository
+from persistence.async_repository import AsyncTaskRepository
 from persistence.errors import (
     DatabaseError,
     PersistenceError,
     TaskNotFoundError,
 )
-from persistence.models import Task, check_flag, check_isolation_level
+from persistence.models import (
+    Task,
+    check_after_token,
+    check_flag,
+    check_isolation_level,
+    check_timeout,
+)
 from persistence.operations import Operation
 from persistence.repository import TaskRepository
 from persistence.unit_of_work_base import inside_a_savepoint
@@ -110,8 +116,15 @@ class FakeUnitOfWork:
         *,
         isolation_level: str | None = None,
         read_only: bool = False,
+        timeout: float | None = None,
+        after: str | None = None,
     ) -> None:
+        # Checked as the real ones are; a fake has no server to bound, nor replicas.
         check_isolation_level(isolation_level)
+        check_timeout(timeout)
+        check_after_token(after)
+        self.causal_token: str | None = None
+        """Always `None`: a fake has no WAL to point at."""
         self.database = database if database is not None else FakeDatabase()
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
         self._transaction: _Transaction | None = None
@@ -310,9 +323,19 @@ class AsyncFakeUnitOfWork:
         *,
         isolation_level: str | None = None,
         read_only: bool = False,
+        timeout: float | None = None,
+        after: str | None = None,
     ) -> None:
-        self._fake = FakeUnitOfWork(database, isolation_level=isolation_level, read_only=read_only)
+        self._fake = FakeUnitOfWork(
+            database,
+            isolation_level=isolation_level,
+            read_only=read_only,
+            timeout=timeout,
+            after=after,
+        )
         self.database = self._fake.database
+        self.causal_token: str | None = None
+        """Always `None`: a fake has no WAL to point at."""
         self._tasks = AsyncTaskRepository(self._run)
 
     async def __aenter__(self) -> Self:

@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: SQLModel and pydantic read these annotations
 # at class creation, and plain ones keep that simple.
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
@@ -42,12 +43,14 @@ __all__ = [
     "TaskChanges",
     "TaskCreate",
     "check_after",
+    "check_after_token",
     "check_flag",
     "check_isolation_level",
     "check_items",
     "check_limit",
     "check_page_size",
     "check_task_id",
+    "check_timeout",
     "check_user_id",
     "plain_title",
     "validate",
@@ -421,3 +424,28 @@ def check_limit(limit: object) -> int | None:
     if limit < 0:
         raise TaskValidationError("limit", f"must not be negative, got {limit}")
     return min(limit, LIST_LIMIT_MAX)
+
+
+_LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
+
+
+def check_after_token(after: object) -> str | None:
+    """Return a causal token (`"16/B374D848"`, as `uow.causal_token` gives) or `None`."""
+    if after is None:
+        return None
+    if not isinstance(after, str) or not _LSN.fullmatch(after.strip()):
+        raise TaskValidationError(
+            "after", f"must be a causal token like '16/B374D848' or None, got {after!r}"
+        )
+    return after.strip().upper()
+
+
+def check_timeout(timeout: object) -> float | None:
+    """Return a unit of work's deadline in seconds (`None`: none), else raise."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise TaskValidationError(
+            "timeout", f"must be a number of seconds above 0, or None, got {timeout!r}"
+        )
+    return float(timeout)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
@@ -34,11 +33,16 @@ from persistence.errors import (
     DatabaseError,
     DatabaseUnavailableError,
     PersistenceError,
-    TaskValidationError,
     is_disconnect,
     translate,
 )
-from persistence.models import ISOLATION_LEVELS, check_flag, check_isolation_level
+from persistence.models import (
+    ISOLATION_LEVELS,
+    check_after_token,
+    check_flag,
+    check_isolation_level,
+    check_timeout,
+)
 from persistence.operations import Operation
 from persistence.rows import TaskRows
 from persistence.statements import Statement
@@ -119,19 +123,6 @@ _BEGIN, _IN_TRANSACTION = "begin", "in transaction"
 # "in progress" (its backend has not yet noticed the lost client), in seconds.
 RESOLVE_ATTEMPTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
-_LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
-
-
-def check_after_token(after: object) -> str | None:
-    """Return a causal token (`"16/B374D848"`, as `uow.causal_token` gives) or `None`."""
-    if after is None:
-        return None
-    if not isinstance(after, str) or not _LSN.fullmatch(after.strip()):
-        raise TaskValidationError(
-            "after", f"must be a causal token like '16/B374D848' or None, got {after!r}"
-        )
-    return after.strip().upper()
-
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
@@ -179,7 +170,7 @@ class UnitOfWorkBase:
     ) -> None:
         self._isolation_level = check_isolation_level(isolation_level)
         self._read_only = bool(check_flag("read_only", read_only, optional=False))
-        self._timeout = _check_timeout(timeout)
+        self._timeout = check_timeout(timeout)
         self._after = check_after_token(after)
         self._active = False
         self._joined = False
@@ -189,6 +180,7 @@ class UnitOfWorkBase:
         self._lost: PersistenceError | None = None
         self._causal_token: str | None = None
         self._replica_check: tuple[str | None, float] | None = None
+        self._database: Any = None  # set when started on an engine's pools
 
     def __repr__(self) -> str:
         state = "active" if self._active else "inactive"
@@ -367,9 +359,12 @@ class UnitOfWorkBase:
         else:
             if check is not None:
                 status = results[at][0]
+                unreplayed = 0.0
                 if self._replica is not None and status[3] is not None:
-                    self._replica.saw(position(status[3]))
-                behind = _replica_behind(status, check[1])
+                    replayed = position(status[3])
+                    self._replica.saw(replayed)
+                    unreplayed = self._database.unreplayed_for(replayed)
+                behind = _replica_behind(status, check[1], unreplayed)
                 if behind is None:
                     results = results[:at] + results[at + 1 :]
                 else:
@@ -444,7 +439,8 @@ class UnitOfWorkBase:
             yield from self._resolve_steps(xid, error)
             return
         if token_wanted:
-            self._causal_token = results[1][0][0]
+            self._causal_token = token = results[1][0][0]
+            self._database.committed(position(token))
         logger.debug("unit of work committed")
 
     def _resolve_steps(self, xid: str | None, lost: ConnectionLostError) -> Steps[None]:
@@ -618,11 +614,13 @@ def _replica_status(token: str | None) -> tuple[str, tuple[Any, ...], None]:
 
 
 def _replica_behind(
-    status: tuple[bool, bool | None, float, str | None], max_lag: float
+    status: tuple[bool, bool | None, float, str | None], max_lag: float, unreplayed: float
 ) -> tuple[str, str | None] | None:
-    """Why a replica can't serve a read (from its status row) and whether to leave it
-    aside, or `None` if it can serve it."""
-    standby, replayed, lag, _position = status
+    """Why a replica can't serve a read (from its status row, and for how long it has
+    missed a commit this process made) and whether to leave it aside, or `None` if it can
+    serve it."""
+    standby, replayed, server_lag, _position = status
+    lag = max(server_lag, unreplayed)
     if not standby:
         return None  # a primary is never behind
     if lag > max_lag:
@@ -639,16 +637,6 @@ def _raise(error: PersistenceError, cause: BaseException) -> NoReturn:
     if error is cause:
         raise error
     raise error from cause
-
-
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise TaskValidationError(
-            "timeout", f"must be a number of seconds above 0, or None, got {timeout!r}"
-        )
-    return float(timeout)
 
 
 @functools.cache

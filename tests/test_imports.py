@@ -28,6 +28,7 @@ def test_importing_the_package_imports_none_of_its_parts():
     [
         "from persistence import UnitOfWork",
         "from persistence import UnitOfWork, init_db, run_in_transaction, create_engine",
+        "from persistence import FakeUnitOfWork, FakeDatabase",
     ],
 )
 def test_the_sync_path_never_loads_the_async_side(statement: str):

@@ -252,3 +252,27 @@ def test_a_serializable_read_only_unit_reads_from_the_primary(engine: Engine, us
     with UnitOfWork(engine, read_only=True, isolation_level="SERIALIZABLE") as uow:
         assert uow.tasks.count(user_id=user) == 0
         assert not served_by_a_standby(uow)
+
+
+def test_a_replica_cut_off_from_the_primary_is_left_aside_once_it_misses_a_commit(
+    cluster: Cluster, user: str
+):
+    # Cut off, it has replayed all it received, so it says it is 0 s behind; but this
+    # process committed something it has not replayed, longer ago than the bound.
+    engine = engine_for(cluster, max_lag=0.2)
+    conninfo = cluster.replica.execute_admin("SHOW primary_conninfo")[0][0]
+    try:
+        cluster.replica.execute_admin("ALTER SYSTEM SET primary_conninfo = ''")
+        cluster.replica.execute_admin("SELECT pg_reload_conf()")
+        with UnitOfWork(engine) as uow:
+            uow.tasks.create(user_id=user, title="never replicated")
+        threading.Event().wait(0.5)  # past the bound: the replica has missed it that long
+        with UnitOfWork(engine, read_only=True) as uow:
+            assert [t.title for t in uow.tasks.list(user_id=user)] == ["never replicated"]
+            assert not served_by_a_standby(uow)
+    finally:
+        engine.dispose()
+        quoted = conninfo.replace("'", "''")
+        cluster.replica.execute_admin(f"ALTER SYSTEM SET primary_conninfo = '{quoted}'")
+        cluster.replica.execute_admin("SELECT pg_reload_conf()")
+        cluster.caught_up()
