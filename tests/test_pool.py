@@ -15,19 +15,6 @@ from persistence.testing import TestDatabase
 from tests.conftest import backend_pid, terminate
 
 
-def sessions(engine: Engine) -> int:
-    """How many sessions the server has on the test database (this one left out)."""
-    with engine.connect() as connection:
-        return int(
-            connection.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-                )
-            ).scalar_one()
-        )
-
-
 @pytest.fixture
 def small(persistence_database: TestDatabase, persistence_engine: Engine) -> Iterator[Engine]:
     engine = create_engine(persistence_database.url, pool_size=2, max_overflow=2, pool_timeout=30)
@@ -58,14 +45,15 @@ def test_connections_beyond_the_pool_size_are_closed_once_idle_too_long(
     persistence_database: TestDatabase, persistence_engine: Engine, user: str
 ):
     settings = Settings(database_url=None, pool_size=1, max_overflow=3, pool_idle_timeout=0.0)
-    before = sessions(persistence_engine)
     engine = create_engine(persistence_database.url, settings)
     try:
         started = threading.Barrier(4)
+        pids: list[int] = []
 
         def hold() -> None:
             with UnitOfWork(engine) as uow:
                 uow.tasks.count(user_id=user)
+                pids.append(backend_pid(uow))
                 started.wait()  # all four at once: four connections
 
         with ThreadPoolExecutor(4) as threads:
@@ -76,9 +64,30 @@ def test_connections_beyond_the_pool_size_are_closed_once_idle_too_long(
         with UnitOfWork(engine) as uow:
             uow.tasks.count(user_id=user)
         assert pool_stats(engine).size == 1
-        assert sessions(persistence_engine) == before + 1
+        assert settled(persistence_engine, pids, 1)  # closed for real, on the server
     finally:
         engine.dispose()
+
+
+def settled(engine: Engine, pids: list[int], running: int) -> bool:
+    """Whether, waiting (bounded) for closed connections' server processes to exit, as
+    many as `running` of `pids` are left."""
+    for _ in range(3000):
+        if still_running(engine, pids) == running:
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def still_running(engine: Engine, pids: list[int]) -> int:
+    """How many of these server processes are still there."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"),
+                {"pids": pids},
+            ).scalar_one()
+        )
 
 
 def test_a_connection_older_than_the_recycle_age_is_replaced(
@@ -178,10 +187,10 @@ def test_dispose_closes_the_units_of_works_connections(
     engine = create_engine(persistence_database.url, pool_size=2, max_overflow=0)
     with UnitOfWork(engine) as uow:
         uow.tasks.count(user_id=user)
+        pid = backend_pid(uow)
     assert pool_stats(engine).idle == 1
-    before = sessions(persistence_engine)
     engine.dispose()
-    assert sessions(persistence_engine) == before - 1
+    assert settled(persistence_engine, [pid], 0)
     with UnitOfWork(engine) as uow:  # the engine still works: a new pool
         assert uow.tasks.count(user_id=user) == 0
     engine.dispose()
