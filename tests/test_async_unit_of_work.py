@@ -26,6 +26,7 @@ from persistence import (
     run_in_transaction_async,
 )
 from persistence.testing import TestDatabase
+from tests.async_probes import checked_out, finished
 from tests.conftest import terminate
 from tests.proxying import async_engine_through
 
@@ -90,7 +91,7 @@ async def test_an_operation_still_running_at_the_end_of_the_block_is_waited_for(
             async with AsyncUnitOfWork(engine) as uow:
                 await uow.tasks.create(user_id=user, title="rolled back")
                 await asyncio.gather(uow.tasks.count(user_id=user), uow.tasks.count(user_id=user))
-        assert engine.sync_engine.pool.checkedout() == 0
+        assert checked_out(engine) == 0
         async with AsyncUnitOfWork(engine) as uow:  # the pool's one connection is back
             assert await uow.tasks.count(user_id=user) == 0
     finally:
@@ -221,15 +222,20 @@ async def test_run_in_transaction_async_never_reruns_a_cancelled_unit(
     small_engine: AsyncEngine, user: str
 ):
     calls = []
+    waiting = asyncio.Event()
 
     async def slow(uow: AsyncUnitOfWork) -> None:
         calls.append(1)
         await uow.tasks.create(user_id=user, title="t")
-        await asyncio.sleep(1)
+        if len(calls) == 1:  # a wrongful rerun would end at once, and be seen
+            waiting.set()
+            await asyncio.Event().wait()  # cancelled here
 
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.05):
-            await run_in_transaction_async(slow, bind=small_engine)
+    running = asyncio.create_task(run_in_transaction_async(slow, bind=small_engine))
+    await waiting.wait()
+    running.cancel()
+    await finished(running)
+    assert running.cancelled()
     assert len(calls) == 1
     async with AsyncUnitOfWork(small_engine) as uow:
         assert await uow.tasks.count(user_id=user) == 0
