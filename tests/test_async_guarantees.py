@@ -140,7 +140,8 @@ async def test_a_cancellation_as_the_block_ends_still_ends_the_transaction(
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(reason=PIPELINE_BUG, strict=True)
+# Older psycopg (3.2) never suspends as it enters a pipeline: there, nothing to leak.
+@pytest.mark.xfail(hasattr(psycopg.waiting, "MAX_BUSY_TIME"), reason=PIPELINE_BUG, strict=True)
 async def test_a_cancellation_as_the_first_write_starts_leaves_the_connection_usable(
     persistence_database: TestDatabase, user: str, monkeypatch: pytest.MonkeyPatch
 ):
