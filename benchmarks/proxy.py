@@ -15,6 +15,10 @@ from typing import Self
 __all__ = ["LatencyProxy", "target_of"]
 
 Matcher = Callable[[bytes], bool]
+# Called with each chunk of a reply before it is relayed; it may block to hold it back.
+Waiter = Callable[[bytes], object]
+# Called as a client flight arrives; returns the waiter for the reply to that flight.
+Gate = Callable[[], Waiter | None]
 
 _SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 _READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
@@ -37,6 +41,7 @@ class _Link:
     cut_at_reply: bool = False
     ssl_requested: bool = False
     encrypted: bool = False
+    reply_gate: Waiter | None = None
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,6 +65,7 @@ class LatencyProxy:
     server has spoken) across all connections since the last `reset_counts()`: a test warms
     up its pool, resets, then reads the round trips of the work it measures, and
     `connections_opened` tells whether that work opened new connections.
+    `hold_replies(gate)` holds each reply back until a condition of the test's holds.
     `cut_on(matcher)` drops the connection when a client chunk matches, before (or after)
     forwarding it: a network cut at a chosen point.
     """
@@ -69,6 +75,7 @@ class LatencyProxy:
         self.rtt_ms = rtt_ms
         self.round_trips = 0
         self.connections_opened = 0
+        self._gate: Gate | None = None
         self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._cut: tuple[Matcher, bool] | None = None
@@ -124,6 +131,16 @@ class LatencyProxy:
         """
         self._cut = None if matcher is None else (matcher, after_forwarding)
         self._flights_only = False
+
+    def hold_replies(self, gate: Gate | None) -> None:
+        """Let the test hold back the server's reply to each client flight.
+
+        As a flight arrives, before it is forwarded, `gate()` is called in the proxy's
+        thread. The waiter it returns (if any) is called with each chunk of the reply to
+        that flight before the chunk is relayed, and may block to hold it (and what follows
+        on that connection) back. `None` disarms.
+        """
+        self._gate = gate
 
     def cut_at_flight(self, flight: int, *, after_forwarding: bool = False) -> None:
         """Cut at the `flight`-th client-to-server flight from now (1 = the next one), on
@@ -182,7 +199,7 @@ class LatencyProxy:
     def _pump(self, link: _Link, *, from_client: bool) -> None:
         # One thread reads, another delivers each chunk when its delay is over, so a chunk
         # read 1 ms after another is delivered 1 ms after it.
-        queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        queue: collections.deque[tuple[float, bytes, Waiter | None]] = collections.deque()
         ready = threading.Condition()
         source = link.client if from_client else link.server
         sink = link.server if from_client else link.client
@@ -193,6 +210,7 @@ class LatencyProxy:
                     data = source.recv(65536)
                 except OSError:
                     data = b""
+                waiter = None
                 if data and from_client:
                     cut = self._on_client_chunk(link, data)
                     if cut == "before":
@@ -202,9 +220,11 @@ class LatencyProxy:
                     if link.cut_at_reply:
                         link.close()  # the server answered: drop the answer, and cut
                         return
+                    waiter = link.reply_gate
                     self._on_server_chunk(link, data)
                 with ready:
-                    queue.append((time.monotonic() + self.rtt_ms / 2000, data))
+                    due = time.monotonic() + self.rtt_ms / 2000
+                    queue.append((due, data, waiter))
                     ready.notify()
                 if not data:
                     return
@@ -216,13 +236,15 @@ class LatencyProxy:
                         if link.closed:
                             return
                         ready.wait(0.05)
-                    due, data = queue.popleft()
+                    due, data, waiter = queue.popleft()
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 if not data:
                     link.close()
                     return
+                if waiter is not None:
+                    waiter(data)
                 try:
                     sink.sendall(data)
                 except OSError:
@@ -249,6 +271,8 @@ class LatencyProxy:
         if new_flight:
             with self._lock:
                 self.round_trips += 1
+            gate = self._gate
+            link.reply_gate = None if gate is None else gate()
         link.last_from_client = True
         cut = self._cut
         if cut is None or (self._flights_only and not new_flight) or not cut[0](data):

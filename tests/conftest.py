@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -21,6 +20,10 @@ from persistence.database import normalize_url
 from persistence.statements import compile_statement
 from persistence.testing import TestDatabase
 from tests.proxying import engine_through, proxy_for
+
+# The bound of every wait on an event in the tests: reached only when something is stuck,
+# never part of a passing run, however loaded the machine.
+STUCK = 60.0
 
 
 @pytest.fixture
@@ -48,11 +51,12 @@ def killer_engine(persistence_database: TestDatabase) -> Iterator[Engine]:
 
 
 def terminate(killer: Engine, *pids: int) -> None:
-    """Kill server backends from another connection, as a restarted server would."""
+    """Kill server backends from another connection, as a restarted server would, and wait
+    until each one is gone (`pg_terminate_backend` with a timeout waits for that)."""
     with killer.connect() as connection:
-        for pid in pids:
-            connection.execute(select(func.pg_terminate_backend(pid)))
-    time.sleep(0.05)  # let the backends exit
+        for pid in dict.fromkeys(pids):  # behind a pooler, two connections may share one
+            gone = connection.execute(select(func.pg_terminate_backend(pid, int(STUCK * 1000))))
+            assert gone.scalar_one(), f"backend {pid} did not exit"
 
 
 @pytest.fixture

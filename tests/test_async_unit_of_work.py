@@ -23,6 +23,7 @@ from persistence import (
     run_in_transaction_async,
 )
 from persistence.testing import TestDatabase
+from tests.async_probes import finished
 from tests.conftest import checked_out, execute_in_async, terminate
 
 pytestmark = pytest.mark.asyncio
@@ -198,15 +199,20 @@ async def test_run_in_transaction_async_never_reruns_a_cancelled_unit(
     small_engine: AsyncEngine, user: str
 ):
     calls = []
+    waiting = asyncio.Event()
 
     async def slow(uow: AsyncUnitOfWork) -> None:
         calls.append(1)
         await uow.tasks.create(user_id=user, title="t")
-        await asyncio.sleep(1)
+        if len(calls) == 1:  # a wrongful rerun would end at once, and be seen
+            waiting.set()
+            await asyncio.Event().wait()  # cancelled here
 
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.05):
-            await run_in_transaction_async(slow, bind=small_engine)
+    running = asyncio.create_task(run_in_transaction_async(slow, bind=small_engine))
+    await waiting.wait()
+    running.cancel()
+    await finished(running)
+    assert running.cancelled()
     assert len(calls) == 1
     async with AsyncUnitOfWork(small_engine) as uow:
         assert await uow.tasks.count(user_id=user) == 0

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from persistence import PoolTimeoutError, UnitOfWork, create_engine
 from persistence.testing import TestDatabase
-from tests.conftest import checked_out
+from tests.conftest import STUCK, checked_out
 
 
 class Planned(Exception):
@@ -71,12 +71,12 @@ def test_waiting_for_a_connection_ends_in_a_clear_error(
         with UnitOfWork(tiny) as uow:
             uow.tasks.count(user_id=user)
             held.set()
-            release.wait(10)
+            release.wait()  # set in the `finally` below, however the test ends
 
     holder = threading.Thread(target=hold)
     holder.start()
     try:
-        held.wait(10)
+        assert held.wait(STUCK)  # the only connection is taken
         with pytest.raises(PoolTimeoutError, match="pool exhausted"), UnitOfWork(tiny) as uow:
             uow.tasks.count(user_id=user)
     finally:

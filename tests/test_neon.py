@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from sqlalchemy import Engine, func, select, table, text
@@ -22,7 +21,8 @@ from persistence import (
 )
 from persistence.database import normalize_url
 from persistence.testing import TestDatabase
-from tests.conftest import backend_pid, execute_in, terminate
+from tests.conftest import STUCK, backend_pid, execute_in, terminate
+from tests.proxying import proxy_for, url_through
 
 
 def _backend_pid(uow: UnitOfWork) -> int:
@@ -130,16 +130,17 @@ def test_run_in_transaction_reruns_serialization_failures(persistence_engine: En
     # with 40001 and run again, so both writes land and each saw a consistent count.
     with UnitOfWork(persistence_engine) as uow:
         seed = uow.tasks.create(user_id=user, title="seed")
-    barrier = threading.Barrier(2)
+    both_read = threading.Barrier(2)
     calls = []
     errors: list[BaseException] = []
 
     def work(uow: UnitOfWork) -> None:
         calls.append(1)
+        first_attempt = len(calls) <= 2  # the rerun comes after both passed the barrier
         uow.tasks.count(user_id=user)
         uow.tasks.list(user_id=user)
-        with contextlib.suppress(threading.BrokenBarrierError):  # the rerun goes alone
-            barrier.wait(timeout=2)
+        if first_attempt:
+            both_read.wait(timeout=STUCK)  # breaks (and fails the test) only if stuck
         uow.tasks.update(user_id=user, task_id=seed.id, title=f"by call {len(calls)}")
         uow.tasks.create(user_id=user, title="one more")
 
@@ -180,17 +181,19 @@ def test_wrong_credentials_fail_fast_with_a_clear_error(persistence_database: Te
         pytest.skip(
             "needs a server that checks passwords: the TLS run of .ci/run (SCRAM user) has one"
         )
-    engine = create_engine(url.set(password="wrong-" + url.password))
+    wrong = "wrong-" + url.password
     calls = []
 
     def count(uow: UnitOfWork) -> int:
         calls.append(1)
         return uow.tasks.count(user_id="u")
 
-    started = time.perf_counter()
-    with pytest.raises(AuthenticationError) as raised:
-        run_in_transaction(count, bind=engine, attempts=5)
-    assert time.perf_counter() - started < 5
+    # Fast means no waiting and no retrying: one connection attempt, one call of `count`.
+    with proxy_for(persistence_database) as proxy:
+        engine = create_engine(url_through(proxy, persistence_database).set(password=wrong))
+        with pytest.raises(AuthenticationError) as raised:
+            run_in_transaction(count, bind=engine, attempts=5)
+        assert proxy.connections_opened == 1
     assert len(calls) == 1  # never retried
     assert url.password not in str(raised.value)
     assert "credentials" in str(raised.value)
