@@ -25,6 +25,7 @@ import persistence.async_database
 from benchmarks.proxy import LatencyProxy
 from persistence import (
     AsyncUnitOfWork,
+    PersistenceError,
     create_async_engine,
     dispose_async_engine,
     get_async_engine,
@@ -428,6 +429,26 @@ async def test_an_async_unit_of_work_refuses_another_event_loop(
 
         with pytest.raises(Exception, match="event loop"):
             await asyncio.to_thread(asyncio.run, elsewhere())
+
+
+@pytest.mark.asyncio
+async def test_an_async_unit_of_work_left_from_another_event_loop_leaves_nothing_open(
+    small_async_engine: AsyncEngine, persistence_engine: Engine, user: str
+):
+    uow = await AsyncUnitOfWork(small_async_engine).__aenter__()
+    await uow.tasks.create(user_id=user, title="begun on this loop")
+
+    async def leave_elsewhere() -> None:
+        await uow.__aexit__(None, None, None)
+
+    with pytest.raises(PersistenceError, match="event loop"):
+        await asyncio.to_thread(asyncio.run, leave_elsewhere())
+    # Its connection was closed (the server rolled its transaction back) and its place in
+    # the pool freed; nothing was committed.
+    assert checked_out(small_async_engine) == 0
+    assert await asyncio.to_thread(committed_count, persistence_engine, user) == 0
+    async with AsyncUnitOfWork(small_async_engine) as again:
+        assert await again.tasks.count(user_id=user) == 0
 
 
 @pytest.mark.asyncio
