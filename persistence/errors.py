@@ -168,6 +168,7 @@ _AUTH_PHRASES = (
     "password is required",
     "channel binding",
     'role "',
+    "no pg_hba.conf entry",  # the server's rules let no such login in (SQLSTATE 28000)
 )
 
 
