@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from persistence.config import Settings, load_settings
 from persistence.errors import translate
 from persistence.pool import AsyncConnectionPool, ConnectionPool, PoolOptions, PoolStats
+from persistence.urls import normalize_url
 
 __all__ = [
     "Database",
@@ -220,8 +221,6 @@ def _make(engine: Engine, asynchronous: bool) -> Database[Any]:
             return AsyncConnectionPool(async_connector(arguments), options)
         return ConnectionPool(connector(arguments), options)
 
-    from persistence.database import normalize_url  # below: the engine's own module
-
     replicas = [
         Replica(pool(connect_arguments(normalize_url(raw), settings, extra)), _label(raw, n))
         for n, raw in enumerate(settings.read_urls)
@@ -230,8 +229,6 @@ def _make(engine: Engine, asynchronous: bool) -> Database[Any]:
 
 
 def _label(raw: str, n: int) -> str:
-    from persistence.database import normalize_url
-
     url = normalize_url(raw)
     return f"#{n + 1} ({url.host or 'local'}:{url.port or 5432})"
 
