@@ -286,10 +286,11 @@ def causal_position() -> Statement:
 
 @functools.cache
 def xact_status() -> Statement:
-    """`pg_xact_status(xid)`: committed, aborted or in progress (`xid` as text)."""
-    return compile_statement(
-        select(func.pg_xact_status(cast(_param("xid", NullType()), _Named("xid8"))))
-    )
+    """`pg_xact_status(xid)`: committed, aborted or in progress (`xid` as text); and the
+    primary's WAL insert position now, past the commit's if it committed (a causal token
+    for a transaction whose COMMIT's own answer was lost)."""
+    status = func.pg_xact_status(cast(_param("xid", NullType()), _Named("xid8")))
+    return compile_statement(select(status, func.pg_current_wal_insert_lsn().cast(Text)))
 
 
 @functools.cache

@@ -33,6 +33,7 @@ from persistence.errors import (
     DatabaseError,
     DatabaseUnavailableError,
     PersistenceError,
+    PoolTimeoutError,
     is_disconnect,
     translate,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "Steps",
     "UnitOfWorkBase",
     "default_binds",
+    "in_transaction",
     "inside_a_savepoint",
     "multi_statement",
     "with_session_setup",
@@ -98,7 +100,8 @@ class Release(NamedTuple):
 
 class Resolve(NamedTuple):
     """After `delay` seconds, ask on a new connection of its own how transaction `xid`
-    ended: `"committed"`, `"aborted"`, `"in progress"`, or `None` if it can't be asked."""
+    ended; answer with (`"committed"`, `"aborted"` or `"in progress"`, the primary's WAL
+    position then), or `None` if it can't be asked."""
 
     xid: str
     delay: float
@@ -344,7 +347,11 @@ class UnitOfWorkBase:
         except Exception as exc:
             error = translate(exc, action)
             if check is not None and isinstance(error, DatabaseUnavailableError):
-                results = yield from self._on_the_primary(action, batch, error, state, down=True)
+                # A replica whose pool is only busy is up: read elsewhere this once, but
+                # don't leave it aside (and close its good connections) for that.
+                busy = isinstance(error, PoolTimeoutError)
+                aside = None if busy else "down"
+                results = yield from self._on_the_primary(action, batch, error, state, aside)
             elif began or not is_disconnect(exc) or self._joined:
                 self._fail(error, state)
                 _raise(error, exc)
@@ -376,10 +383,14 @@ class UnitOfWorkBase:
         return results
 
     def _on_the_primary(
-        self, action: str, batch: Batch, error: PersistenceError, state: str | None, *, down: bool
+        self,
+        action: str,
+        batch: Batch,
+        error: PersistenceError,
+        state: str | None,
+        aside: str | None,
     ) -> Steps[list[Any]]:
         logger.warning("a read replica can't be used (%s); reading from the primary", error)
-        aside = "down" if down else "lagging"
         return (yield from self._again(action, batch, Reroute(str(error), aside), state))
 
     def _again(
@@ -435,31 +446,44 @@ class UnitOfWorkBase:
                 if isinstance(error, ConnectionLostError):
                     self._lost = error
                 _raise(error, exc)
+            # Not raised (yet): chained by hand, so that whatever is raised for it, now
+            # or by a later operation, carries the driver's error.
+            error.__cause__ = exc
             self._lost = error
-            yield from self._resolve_steps(xid, error)
+            token = yield from self._resolve_steps(xid, error)
+            # Committed: the block goes on, on a new connection (the dead one is given
+            # back, and the pool closes it).
+            self._lost = None
+            yield Release()
+            self._committed(token)
             return
         if token_wanted:
-            self._causal_token = token = results[1][0][0]
-            self._database.committed(position(token))
+            self._committed(results[1][0][0])
         logger.debug("unit of work committed")
 
-    def _resolve_steps(self, xid: str | None, lost: ConnectionLostError) -> Steps[None]:
+    def _committed(self, token: str) -> None:
+        self._causal_token = token
+        self._database.committed(position(token))
+
+    def _resolve_steps(self, xid: str | None, lost: ConnectionLostError) -> Steps[str]:
         """The connection died while COMMIT was in flight: ask a new connection how the
-        transaction ended. Committed: nothing more to do. Aborted: nothing was saved
-        (`ConnectionLostError`, safe to run again). Otherwise: `CommitOutcomeUnknownError`."""
-        outcome = None
+        transaction ended. Committed: the primary's WAL position, past the commit (the
+        causal token). Aborted: nothing was saved (`ConnectionLostError`, safe to run
+        again). Otherwise: `CommitOutcomeUnknownError`."""
+        answer: tuple[str, str] | None = None
         if xid is not None:
             for delay in RESOLVE_ATTEMPTS:
-                outcome = yield Resolve(xid, delay)
-                if outcome != "in progress":
+                answer = yield Resolve(xid, delay)
+                if answer is None or answer[0] != "in progress":
                     break
-        if outcome == "committed":
+        outcome = None if answer is None else answer[0]
+        if answer is not None and outcome == "committed":
             logger.warning(
                 "the connection was lost while COMMIT was in flight; the server says "
                 "transaction %s committed",
                 xid,
             )
-            return
+            return answer[1]
         if outcome == "aborted":
             raise ConnectionLostError(
                 "the connection was lost while COMMIT was in flight, and the server says "
@@ -664,3 +688,11 @@ def aborted(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] |
         connection is not None
         and connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.INERROR
     )
+
+
+def in_transaction(
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> bool:
+    """Whether `connection` is in a transaction block (open or aborted) on the server."""
+    status = connection.pgconn.transaction_status
+    return status in (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 import pytest_asyncio
 from sqlalchemy import Engine
@@ -26,6 +27,7 @@ from persistence import (
     run_in_transaction,
     run_in_transaction_async,
 )
+from persistence.causal import position
 from persistence.testing import TestDatabase
 from tests.conftest import committed_count
 from tests.proxying import async_engine_through
@@ -68,6 +70,45 @@ def test_a_commit_cut_after_the_server_got_it_returns_normally(
     assert made.title == "committed, then cut"
     assert committed_count(persistence_engine, user) == 1
     assert any("committed" in record.getMessage() for record in caplog.records)
+
+
+def test_a_commit_cut_before_the_server_got_it_carries_the_drivers_error(
+    cut_engine: Engine, proxy: LatencyProxy, user: str
+):
+    proxy.cut_at_flight(COMMIT_FLIGHT)
+    with pytest.raises(ConnectionLostError) as raised, UnitOfWork(cut_engine) as uow:
+        uow.tasks.create(user_id=user, title="never committed")
+    assert isinstance(raised.value.__cause__, psycopg.Error)
+
+
+def test_an_explicit_commit_cut_after_the_server_got_it_lets_the_block_go_on(
+    cut_engine: Engine, proxy: LatencyProxy, persistence_engine: Engine, user: str
+):
+    proxy.cut_at_flight(COMMIT_FLIGHT, after_forwarding=True)
+    with UnitOfWork(cut_engine) as uow:
+        uow.tasks.create(user_id=user, title="committed, then cut")
+        uow.commit()
+        token = uow.causal_token
+        uow.tasks.create(user_id=user, title="after it, on a new connection")
+    assert committed_count(persistence_engine, user) == 2
+    # The resolved commit yields a causal token too, at or past the commit's position.
+    assert token is not None
+    assert position(token) <= position(uow.causal_token or "")
+
+
+def test_run_in_transaction_runs_work_with_an_explicit_commit_cut_after_it_once(
+    cut_engine: Engine, proxy: LatencyProxy, persistence_engine: Engine, user: str
+):
+    runs = []
+
+    def work(uow: UnitOfWork) -> None:
+        runs.append(1)
+        uow.tasks.create(user_id=user, title="exactly once")
+        uow.commit()
+
+    proxy.cut_at_flight(COMMIT_FLIGHT, after_forwarding=True)
+    run_in_transaction(work, bind=cut_engine, backoff=0.0)
+    assert (len(runs), committed_count(persistence_engine, user)) == (1, 1)
 
 
 def test_a_commit_cut_with_the_server_out_of_reach_is_an_unknown_outcome(
@@ -124,6 +165,20 @@ async def test_async_a_commit_cut_after_the_server_got_it_returns_normally(
     async with AsyncUnitOfWork(cut_async_engine) as uow:
         await uow.tasks.create(user_id=user, title="committed, then cut")
     assert committed_count(persistence_engine, user) == 1
+
+
+@pytest.mark.asyncio
+async def test_async_an_explicit_commit_cut_after_the_server_got_it_lets_the_block_go_on(
+    cut_async_engine: AsyncEngine, proxy: LatencyProxy, persistence_engine: Engine, user: str
+):
+    proxy.cut_at_flight(COMMIT_FLIGHT, after_forwarding=True)
+    async with AsyncUnitOfWork(cut_async_engine) as uow:
+        await uow.tasks.create(user_id=user, title="committed, then cut")
+        await uow.commit()
+        token = uow.causal_token
+        await uow.tasks.create(user_id=user, title="after it, on a new connection")
+    assert committed_count(persistence_engine, user) == 2
+    assert token is not None
 
 
 @pytest.mark.asyncio
