@@ -33,6 +33,7 @@ from persistence.unit_of_work_base import (
     aborted,
     deadlines,
     default_binds,
+    in_transaction,
     multi_statement,
     with_session_setup,
 )
@@ -129,9 +130,10 @@ class AsyncUnitOfWork(UnitOfWorkBase):
 
     async def _end(self, failed: bool) -> None:
         try:
-            if not self._idle.is_set():
+            while not self._idle.is_set():
                 # An operation still running (one of two started at once, say) finishes
-                # first: the end of the block must not race it for the connection.
+                # first: the end of the block must not race it for the connection. A
+                # loop: another task may start one before this one is woken.
                 await self._idle.wait()
             await self._step(self._end_steps(failed, aborted(self._connection)))
         finally:
@@ -239,6 +241,7 @@ class AsyncUnitOfWork(UnitOfWorkBase):
             if request.aside is not None:
                 down = request.aside == "down"
                 self._database.set_aside(self._replica, request.reason, down=down)
+            await self._end_read_transaction()
             await self._give_back()
             self._pool, self._replica = self._database.primary, None
             return None
@@ -262,6 +265,16 @@ class AsyncUnitOfWork(UnitOfWorkBase):
             return (await _send(connection, batch))[added:]
         return await _send(connection, batch)
 
+    async def _end_read_transaction(self) -> None:
+        # A snapshot unit's BEGIN went to the replica with the check: end that read-only
+        # transaction, so that the pool keeps the connection instead of closing it.
+        connection = self._connection
+        if connection is not None and not connection.closed and in_transaction(connection):
+            try:
+                await connection.rollback()
+            except psycopg.Error:
+                logger.info("ending a replica's read-only transaction failed", exc_info=True)
+
     async def _give_back(self) -> None:
         lease, self._lease, self._connection = self._lease, None, None
         if lease is not None and self._pool is not None:
@@ -282,7 +295,7 @@ class AsyncUnitOfWork(UnitOfWorkBase):
             self._pool.discard_now(lease)
         self._stop()
 
-    async def _resolve(self, xid: str, delay: float) -> str | None:
+    async def _resolve(self, xid: str, delay: float) -> tuple[str, str] | None:
         assert self._database is not None
         await asyncio.sleep(delay)
         statement = statements.xact_status()
@@ -294,7 +307,7 @@ class AsyncUnitOfWork(UnitOfWorkBase):
         except (psycopg.Error, PersistenceError) as exc:
             logger.warning("could not ask how transaction %s ended: %s", xid, exc)
             return None
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), str(row[1]))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

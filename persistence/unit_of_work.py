@@ -35,6 +35,7 @@ from persistence.unit_of_work_base import (
     aborted,
     deadlines,
     default_binds,
+    in_transaction,
     multi_statement,
     with_session_setup,
 )
@@ -114,6 +115,7 @@ class UnitOfWork(UnitOfWorkBase):
         # block must not race it for the connection. Then the block always ends here:
         # committed or rolled back, and the connection given back.
         with self._operation:
+            self._check_active()  # not ended meanwhile by another thread's exit
             try:
                 self._drive(self._end_steps(exc_type is not None, aborted(self._connection)))
             finally:
@@ -188,6 +190,12 @@ class UnitOfWork(UnitOfWorkBase):
                 "this unit of work is running an operation on another thread: run its "
                 "operations one after another, or give each thread its own UnitOfWork"
             )
+        if not self._active:
+            # The block ended on another thread between the check and the claim: the
+            # operation must not run on an ended unit (it would take a connection that
+            # nothing gives back).
+            self._operation.release()
+            self._check_active()
 
     # --- performing the steps' requests ------------------------------------------------
 
@@ -222,6 +230,7 @@ class UnitOfWork(UnitOfWorkBase):
             if request.aside is not None:
                 down = request.aside == "down"
                 self._database.set_aside(self._replica, request.reason, down=down)
+            self._end_read_transaction()
             self._give_back()
             self._pool, self._replica = self._database.primary, None
             return None
@@ -245,6 +254,16 @@ class UnitOfWork(UnitOfWorkBase):
             return (_send(connection, batch))[added:]
         return _send(connection, batch)
 
+    def _end_read_transaction(self) -> None:
+        # A snapshot unit's BEGIN went to the replica with the check: end that read-only
+        # transaction, so that the pool keeps the connection instead of closing it.
+        connection = self._connection
+        if connection is not None and not connection.closed and in_transaction(connection):
+            try:
+                connection.rollback()
+            except psycopg.Error:
+                logger.info("ending a replica's read-only transaction failed", exc_info=True)
+
     def _give_back(self) -> None:
         lease, self._lease, self._connection = self._lease, None, None
         if lease is not None and self._pool is not None:
@@ -259,7 +278,7 @@ class UnitOfWork(UnitOfWorkBase):
             lease.connection.close()
         self._give_back()
 
-    def _resolve(self, xid: str, delay: float) -> str | None:
+    def _resolve(self, xid: str, delay: float) -> tuple[str, str] | None:
         assert self._database is not None
         time.sleep(delay)
         statement = statements.xact_status()
@@ -269,7 +288,7 @@ class UnitOfWork(UnitOfWorkBase):
         except (psycopg.Error, PersistenceError) as exc:
             logger.warning("could not ask how transaction %s ended: %s", xid, exc)
             return None
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), str(row[1]))
 
 
 def _send(connection: psycopg.Connection[Any], batch: Batch) -> list[Any]:

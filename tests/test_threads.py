@@ -8,6 +8,7 @@ connection back, always.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -124,6 +125,35 @@ def test_the_end_of_the_block_waits_for_an_operation_running_on_another_thread(
         stored = uow.tasks.get(user_id=user, task_id=task.id)
     assert stored is not None
     assert stored.complete is True
+
+
+def test_an_operation_that_checked_just_before_an_exit_on_another_thread_is_refused(
+    one_connection: Engine, persistence_engine: Engine, user: str, threads
+):
+    uow = UnitOfWork(one_connection).__enter__()
+    uow.tasks.count(user_id=user)
+    tasks = uow.tasks
+    checked, go = threading.Event(), threading.Event()
+    check = uow._check_active
+
+    def check_then_pause() -> None:
+        # The operation's thread is preempted right after seeing the unit active, and
+        # the block ends meanwhile: the operation must not run on the ended unit.
+        check()
+        if threading.current_thread() is not threading.main_thread() and not checked.is_set():
+            checked.set()
+            go.wait()
+
+    uow._check_active = check_then_pause  # type: ignore[method-assign]
+    late = threads[0].submit(tasks.create, user_id=user, title="after the end")
+    checked.wait()
+    uow.__exit__(None, None, None)
+    go.set()
+    with pytest.raises(PersistenceError, match="not active"):
+        late.result()
+    assert checked_out(one_connection) == 0
+    assert open_transactions(persistence_engine) == 0
+    assert committed_count(persistence_engine, user) == 0
 
 
 def test_an_exit_never_leaves_a_transaction_open_even_when_it_raises(
