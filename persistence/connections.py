@@ -18,26 +18,28 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import psycopg
 from sqlalchemy import URL, Engine, event
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from persistence.config import Settings, load_settings
-from persistence.errors import translate
+from persistence.errors import PersistenceError, translate
 from persistence.pool import AsyncConnectionPool, ConnectionPool, PoolOptions, PoolStats
 from persistence.urls import normalize_url
 
 __all__ = [
     "Database",
     "Replica",
+    "Source",
     "async_connector",
     "connect_arguments",
     "connector",
     "database_of",
     "pool_options",
     "pool_stats",
+    "read_replicas",
     "remember_options",
 ]
 
@@ -170,26 +172,43 @@ class Database(Generic[P]):
         return found
 
 
-def connector(arguments: dict[str, Any]) -> Callable[[], psycopg.Connection[Any]]:
-    """How a pool opens a connection with `arguments` (errors translated)."""
+class Source(NamedTuple):
+    """A server to connect to, for error messages: what it is, and its URL's setting."""
+
+    server: str
+    setting: str
+
+
+PRIMARY = Source("the database", "DATABASE_URL")
+
+
+def _connect_error(exc: psycopg.Error, source: Source) -> PersistenceError:
+    return translate(exc, f"connecting to {source.server}", connecting=True, setting=source.setting)
+
+
+def connector(
+    arguments: dict[str, Any], source: Source = PRIMARY
+) -> Callable[[], psycopg.Connection[Any]]:
+    """How a pool opens a connection with `arguments` (errors translated, naming `source`:
+    which server, and which setting its URL came from)."""
 
     def connect() -> psycopg.Connection[Any]:
         try:
             return psycopg.Connection.connect(**arguments)
         except psycopg.Error as exc:
-            raise translate(exc, "connecting to the database", connecting=True) from exc
+            raise _connect_error(exc, source) from exc
 
     return connect
 
 
-def async_connector(arguments: dict[str, Any]) -> Callable[[], Any]:
-    """How an async pool opens a connection with `arguments` (errors translated)."""
+def async_connector(arguments: dict[str, Any], source: Source = PRIMARY) -> Callable[[], Any]:
+    """How an async pool opens a connection with `arguments` (as `connector`)."""
 
     async def connect() -> psycopg.AsyncConnection[Any]:
         try:
             return await psycopg.AsyncConnection.connect(**arguments)
         except psycopg.Error as exc:
-            raise translate(exc, "connecting to the database", connecting=True) from exc
+            raise _connect_error(exc, source) from exc
 
     return connect
 
@@ -216,21 +235,29 @@ def _make(engine: Engine, asynchronous: bool) -> Database[Any]:
     extra = dict(overrides.get("connect_args", {}))
     primary = connect_arguments(engine.url, settings, extra)
 
-    def pool(arguments: dict[str, Any]) -> Any:
+    def pool(arguments: dict[str, Any], source: Source = PRIMARY) -> Any:
         if asynchronous:
-            return AsyncConnectionPool(async_connector(arguments), options)
-        return ConnectionPool(connector(arguments), options)
+            return AsyncConnectionPool(async_connector(arguments, source), options)
+        return ConnectionPool(connector(arguments, source), options)
 
     replicas = [
-        Replica(pool(connect_arguments(normalize_url(raw), settings, extra)), _label(raw, n))
-        for n, raw in enumerate(settings.read_urls)
+        Replica(pool(connect_arguments(url, settings, extra), source), label)
+        for url, label, source in read_replicas(settings)
     ]
     return Database(settings, pool(primary), primary, replicas)
 
 
-def _label(raw: str, n: int) -> str:
-    url = normalize_url(raw)
-    return f"#{n + 1} ({url.host or 'local'}:{url.port or 5432})"
+def read_replicas(settings: Settings) -> list[tuple[URL, str, Source]]:
+    """`DATABASE_READ_URL`'s replicas: URL, label ("#1 (host:port)") and source, in order.
+
+    Raises `ConfigurationError` naming the setting and the replica for a URL that is not
+    one."""
+    found = []
+    for n, raw in enumerate(settings.read_urls):
+        url = normalize_url(raw, setting=f"DATABASE_READ_URL (replica #{n + 1})")
+        label = f"#{n + 1} ({url.host or 'local'}:{url.port or 5432})"
+        found.append((url, label, Source(f"read replica {label}", "DATABASE_READ_URL")))
+    return found
 
 
 def database_of(engine: Engine, *, asynchronous: bool = False) -> Database[Any]:

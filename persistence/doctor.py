@@ -14,6 +14,7 @@ from sqlalchemy import Engine, inspect, literal, select
 from sqlalchemy.engine import URL
 
 from persistence.config import Settings, load_settings
+from persistence.connections import connect_arguments, connector, read_replicas
 from persistence.database import configured_url, create_engine, normalize_url
 from persistence.errors import (
     AuthenticationError,
@@ -47,6 +48,8 @@ class Report:
     embedded: bool = False
     """Whether it is the embedded PostgreSQL (DATABASE_URL unset or empty)."""
     notes: tuple[str, ...] = ()
+    replicas: tuple[str, ...] = ()
+    """`DATABASE_READ_URL`'s read replicas, each connected to once: "#1 (host:port)"."""
 
     def lines(self) -> list[str]:
         """The report as printed, one fact a line."""
@@ -63,6 +66,7 @@ class Report:
             f"pooler:     {self.pooler}",
             f"round trip: {self.median_rtt_ms:.2f} ms (median of {PINGS} pings)",
             f"table:      {Task.__tablename__} {table}",
+            *(f"replica:    {replica} reachable" for replica in self.replicas),
         ]
 
 
@@ -98,12 +102,14 @@ def source(settings: Settings) -> tuple[str, tuple[str, ...]]:
     return _SOURCES[settings.database_url_origin], notes
 
 
-def _advice(exc: PersistenceError, settings: Settings | None) -> str:
+def _advice(exc: PersistenceError, settings: Settings | None, where: str | None) -> str:
     # What to do, after the cause; only for a URL the user wrote (the embedded server's
-    # own failures name its log instead).
-    if settings is None or settings.database_url is None:
-        return ""
-    where = _SOURCES[settings.database_url_origin]
+    # own failures name its log instead). `where`: the setting being checked, if not
+    # DATABASE_URL.
+    if where is None:
+        if settings is None or settings.database_url is None:
+            return ""
+        where = _SOURCES[settings.database_url_origin]
     if isinstance(exc, AuthenticationError):
         return (
             f"; check the user name and password in {where} (percent-encode '@', ':', '/' "
@@ -141,11 +147,23 @@ def diagnose(engine: Engine) -> Report:
     )
 
 
+def check_replicas(settings: Settings) -> tuple[str, ...]:
+    """Connect once to each of `DATABASE_READ_URL`'s replicas; their labels. Raises
+    `ConfigurationError` for a URL that is not one, or the `PersistenceError` of a replica
+    that can't be reached (naming it and `DATABASE_READ_URL`)."""
+    labels = []
+    for url, label, replica in read_replicas(settings):
+        with connector(connect_arguments(url, settings, {}), replica)():
+            labels.append(label)
+    return tuple(labels)
+
+
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Print the report and return 0, or print one line naming the cause (and what to do)
     and return 1. Never a traceback: an unexpected error is named by its type and message."""
     del argv
     settings: Settings | None = None
+    checking: str | None = None  # DATABASE_URL's server first
     try:
         settings = load_settings()
         url = normalize_url(configured_url(settings))
@@ -154,18 +172,26 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             report = diagnose(engine)
         finally:
             engine.dispose()
+        checking = "DATABASE_READ_URL"
+        replicas = check_replicas(settings)
     except ConfigurationError as exc:
         print(f"doctor: {scrub(str(exc))}", file=err)
         return 1
     except PersistenceError as exc:
-        print(f"doctor: {scrub(str(exc))}{_advice(exc, settings)}", file=err)
+        print(f"doctor: {scrub(str(exc))}{_advice(exc, settings, checking)}", file=err)
         return 1
     except Exception as exc:  # a bug: still one line, still scrubbed
         logger.debug("doctor failed unexpectedly", exc_info=True)
         print(f"doctor: unexpected {type(exc).__name__}: {scrub(str(exc))}", file=err)
         return 1
     why, notes = source(settings)
-    report = replace(report, source=why, embedded=settings.database_url is None, notes=notes)
+    report = replace(
+        report,
+        source=why,
+        embedded=settings.database_url is None,
+        notes=notes,
+        replicas=replicas,
+    )
     for line in report.lines():
         print(line, file=out)
     return 0

@@ -195,11 +195,13 @@ def is_disconnect(exc: BaseException) -> bool:
     return isinstance(orig, psycopg.OperationalError)
 
 
-def translate(exc: BaseException, action: str, *, connecting: bool = False) -> PersistenceError:
+def translate(
+    exc: BaseException, action: str, *, connecting: bool = False, setting: str = "DATABASE_URL"
+) -> PersistenceError:
     """Map a SQLAlchemy or psycopg error to this package's error, its message free of secrets.
 
     `connecting` says the error came while opening a new connection, so a network failure
-    means "unreachable" rather than "lost".
+    means "unreachable" rather than "lost"; `setting` names where the credentials came from.
     """
     if isinstance(exc, PersistenceError):
         return exc
@@ -214,7 +216,7 @@ def translate(exc: BaseException, action: str, *, connecting: bool = False) -> P
         # libpq gives no SQLSTATE for a login refused while connecting: say none then.
         code = f" (SQLSTATE {state})" if state else ""
         error = AuthenticationError(
-            f"{action}: the server refused the credentials in DATABASE_URL{code}: {detail}"
+            f"{action}: the server refused the credentials in {setting}{code}: {detail}"
         )
     elif state in {"40001", "40P01"}:
         error = TransactionConflictError(f"{action}: transaction conflict ({state}): {detail}")

@@ -15,13 +15,14 @@ __all__ = ["normalize_url"]
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
 
 
-def normalize_url(raw: str | URL) -> URL:
+def normalize_url(raw: str | URL, *, setting: str = "DATABASE_URL") -> URL:
     """Turn a URL as Neon's console gives it into one for SQLAlchemy's psycopg 3 dialect.
 
     `postgres://`, `postgresql://` and `postgresql+psycopg://` all mean psycopg 3; query
     parameters such as `sslmode=require&channel_binding=require` pass through to libpq.
-    Raises `ConfigurationError` (echoing no part of the password) for anything else: another
-    scheme, a port that is not a number, or an unencoded "@" in the user name or password.
+    Raises `ConfigurationError` (echoing no part of the password, naming `setting`) for
+    anything else: another scheme, a port that is not a number, or an unencoded "@" in the
+    user name or password.
     """
     if isinstance(raw, URL):
         url = raw
@@ -36,25 +37,24 @@ def normalize_url(raw: str | URL) -> URL:
             # SQLAlchemy (and libpq) end the password at the first "@": the rest of it
             # would become the host and be echoed in every connection error.
             raise ConfigurationError(
-                "DATABASE_URL has more than one '@': only the one before the host may be "
+                f"{setting} has more than one '@': only the one before the host may be "
                 f"written as is. {_ENCODE_ADVICE}"
             )
         try:
             url = make_url(text)
         except ArgumentError:
-            raise ConfigurationError(f"DATABASE_URL is not a valid URL: {_SHAPE}") from None
+            raise ConfigurationError(f"{setting} is not a valid URL: {_SHAPE}") from None
         except ValueError:
             # SQLAlchemy's int() of the port. Its text is not echoed: in a URL that lacks
             # the "@", what stands in the port's place is the password.
             raise ConfigurationError(
-                f"DATABASE_URL's port is not a number: {_SHAPE}. {_ENCODE_ADVICE}"
+                f"{setting}'s port is not a number: {_SHAPE}. {_ENCODE_ADVICE}"
             ) from None
     if url.port is not None and not 0 < url.port < 65536:
-        raise ConfigurationError(f"DATABASE_URL's port must be 1 to 65535: {_SHAPE}")
+        raise ConfigurationError(f"{setting}'s port must be 1 to 65535: {_SHAPE}")
     if url.drivername not in _SCHEMES:
         raise ConfigurationError(
-            f"DATABASE_URL must be a PostgreSQL URL (postgresql://...), got scheme "
-            f"{url.drivername!r}"
+            f"{setting} must be a PostgreSQL URL (postgresql://...), got scheme {url.drivername!r}"
         )
     password = url.password if isinstance(url.password, str) else None
     register_secret(password)

@@ -119,6 +119,19 @@ def test_an_unencoded_at_in_the_password_is_refused_echoing_no_part_of_it(
             assert part not in str(raised.value)
 
 
+def test_a_bad_read_url_is_refused_naming_database_read_url_and_the_replica(
+    database_url_is, monkeypatch: pytest.MonkeyPatch, persistence_database
+):
+    database_url_is(persistence_database.url)
+    monkeypatch.setenv("DATABASE_READ_URL", "postgresql://u:Zq7@Xw9@127.0.0.1/db")
+    with pytest.raises(ConfigurationError) as raised, UnitOfWork(read_only=True) as uow:
+        uow.tasks.count(user_id="u")
+    message = str(raised.value)
+    assert message.startswith("DATABASE_READ_URL (replica #1) has more than one '@'")
+    for part in _PARTS:
+        assert part not in message
+
+
 def test_a_percent_encoded_password_is_decoded_and_scrubbed_in_both_forms():
     url = normalize_url("postgresql://u:Zq7%40Xw9%3A%2F%25@127.0.0.1/db")
     assert (url.password, url.host) == ("Zq7@Xw9:/%", "127.0.0.1")

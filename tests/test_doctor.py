@@ -121,6 +121,29 @@ def test_doctor_says_what_to_do_when_the_server_refuses_the_login(
     assert "Zq7Xw9pw" not in line
 
 
+def test_doctor_checks_each_read_replica_and_names_database_read_url(
+    tmp_path: Path, persistence_database: TestDatabase
+):
+    primary = persistence_database.url
+    refused = normalize_url(os.environ.get("PERSISTENCE_TEST_DIRECT_URL") or primary).set(
+        username="no_such_role_for_doctor", password="Zq7Xw9pw"
+    )
+    two = f"{primary},{refused.render_as_string(hide_password=False)}"
+    line = _failed(doctor(tmp_path, DATABASE_URL=primary, DATABASE_READ_URL=two))
+    assert "connecting to read replica #2" in line
+    assert "the server refused the credentials in DATABASE_READ_URL" in line
+    assert line.endswith(
+        "check the user name and password in DATABASE_READ_URL "
+        "(percent-encode '@', ':', '/' and '%' in them)"
+    )
+    assert "Zq7Xw9pw" not in line
+    done = doctor(tmp_path, DATABASE_URL=primary, DATABASE_READ_URL=primary)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("replica:    #1 (")
+    line = _failed(doctor(tmp_path, DATABASE_URL=primary, DATABASE_READ_URL="mysql://h/db"))
+    assert line.startswith("doctor: DATABASE_READ_URL (replica #1) must be a PostgreSQL URL")
+
+
 def test_doctor_refuses_a_password_with_an_unencoded_at_showing_no_part_of_it(tmp_path: Path):
     # SQLAlchemy and libpq end the password at the first "@": the rest became the host,
     # and "failed to resolve host 'Xw9@127.0.0.1'" printed it.

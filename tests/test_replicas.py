@@ -28,6 +28,7 @@ from persistence import (
     init_db,
     load_settings,
 )
+from persistence.connections import database_of
 from tests.conftest import execute_in, execute_in_async
 from tests.servers import LocalServer
 
@@ -43,6 +44,15 @@ class Cluster:
 
     def resume(self) -> None:
         self.replica.execute_admin("SELECT pg_wal_replay_resume()")
+
+    def cut_off(self) -> None:
+        """Wait (bounded) until the replica's WAL receiver has stopped (a reload takes
+        effect when the server gets to it, not when `pg_reload_conf()` returns)."""
+        for _ in range(3000):
+            if not self.replica.execute_admin("SELECT count(*) FROM pg_stat_wal_receiver")[0][0]:
+                return
+            threading.Event().wait(0.01)
+        raise AssertionError("the replica's WAL receiver never stopped")
 
     def caught_up(self) -> None:
         """Wait (bounded) until the replica has replayed all the primary has written."""
@@ -247,6 +257,42 @@ def test_a_repeatable_read_unit_reads_from_the_replica_in_one_snapshot(
         assert uow.tasks.count(user_id=user) == first == 1
 
 
+def test_a_snapshot_read_sent_on_to_the_primary_keeps_the_replicas_connection(
+    cluster: Cluster, engine: Engine, user: str
+):
+    cluster.pause()
+    with UnitOfWork(engine) as uow:
+        uow.tasks.create(user_id=user, title="not replayed yet")
+    snapshot = {"read_only": True, "isolation_level": "REPEATABLE READ"}
+    with UnitOfWork(engine, after=uow.causal_token, **snapshot) as uow:
+        assert [t.title for t in uow.tasks.list(user_id=user)] == ["not replayed yet"]
+        assert not served_by_a_standby(uow)
+    # The replica's BEGIN ... READ ONLY was ended, not left for the pool to close.
+    with UnitOfWork(engine, **snapshot) as uow:
+        assert served_by_a_standby(uow)
+    assert database_of(engine).replicas[0].pool.stats().opened == 1
+
+
+def test_a_replica_whose_pool_is_busy_is_not_left_aside(cluster: Cluster, user: str, caplog):
+    caplog.set_level(logging.WARNING, logger="persistence")
+    settings = dataclasses.replace(load_settings(), read_urls=(cluster.replica.url(),))
+    engine = create_engine(
+        cluster.primary.url(), settings, pool_size=1, max_overflow=0, pool_timeout=0.1
+    )
+    try:
+        with UnitOfWork(engine, read_only=True) as holding:
+            holding.tasks.count(user_id=user)  # the replica's one connection, held
+            with UnitOfWork(engine, read_only=True) as uow:
+                assert uow.tasks.count(user_id=user) == 0
+                assert not served_by_a_standby(uow)
+        with UnitOfWork(engine, read_only=True) as uow:  # right after: the replica again
+            assert served_by_a_standby(uow)
+        assert database_of(engine).replicas[0].pool.stats().opened == 1
+        assert not any("left aside" in record.getMessage() for record in caplog.records)
+    finally:
+        engine.dispose()
+
+
 def test_a_serializable_read_only_unit_reads_from_the_primary(engine: Engine, user: str):
     # A hot standby can't run SERIALIZABLE transactions.
     with UnitOfWork(engine, read_only=True, isolation_level="SERIALIZABLE") as uow:
@@ -264,6 +310,7 @@ def test_a_replica_cut_off_from_the_primary_is_left_aside_once_it_misses_a_commi
     try:
         cluster.replica.execute_admin("ALTER SYSTEM SET primary_conninfo = ''")
         cluster.replica.execute_admin("SELECT pg_reload_conf()")
+        cluster.cut_off()
         with UnitOfWork(engine) as uow:
             uow.tasks.create(user_id=user, title="never replicated")
         threading.Event().wait(0.5)  # past the bound: the replica has missed it that long
