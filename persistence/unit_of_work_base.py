@@ -406,6 +406,15 @@ class UnitOfWorkBase:
         return results
 
     def _fail(self, error: PersistenceError, state: str | None) -> None:
+        if isinstance(error, DatabaseUnavailableError) and not isinstance(
+            error, ConnectionLostError
+        ):
+            # No connection was to be had (refused, unreachable, the pool busy): nothing
+            # was sent. A BEGIN believed sent would let the next writes run outside any
+            # transaction (in autocommit); instead the next statement begins afresh.
+            if self._state == _BEGIN:
+                self._state = None
+            return
         if isinstance(error, ConnectionLostError) or is_disconnect(error.__cause__ or error):
             self._lost = error
         if self._state == _BEGIN:

@@ -12,9 +12,17 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from persistence import PoolTimeoutError, Settings, UnitOfWork, create_engine, pool_stats
+from persistence import (
+    AsyncUnitOfWork,
+    PoolTimeoutError,
+    Settings,
+    UnitOfWork,
+    create_async_engine,
+    create_engine,
+    pool_stats,
+)
 from persistence.testing import TestDatabase
-from tests.conftest import backend_pid, terminate
+from tests.conftest import backend_pid, committed_count, terminate
 
 
 @pytest.fixture
@@ -139,6 +147,52 @@ def test_no_free_connection_within_the_timeout_is_a_clear_error(
         assert _count(engine, user) == 0  # and the pool still serves
     finally:
         engine.dispose()
+
+
+class Boom(Exception):
+    """The application's own failure."""
+
+
+def test_a_write_after_a_swallowed_pool_timeout_is_still_inside_the_units_transaction(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    # The failed write's BEGIN never left (no connection was to be had): the next write
+    # must send its own, not run in autocommit where the rollback can't undo it.
+    engine = create_engine(persistence_database.url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    try:
+        holder = UnitOfWork(engine).__enter__()
+        holder.tasks.create(user_id=f"{user}-holder", title="holds the only connection")
+        with pytest.raises(Boom), UnitOfWork(engine) as uow:
+            with pytest.raises(PoolTimeoutError):
+                uow.tasks.create(user_id=user, title="no connection for it")
+            holder.__exit__(None, None, None)
+            uow.tasks.create(user_id=user, title="undone with the unit")
+            raise Boom
+        assert committed_count(persistence_engine, user) == 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_async_a_write_after_a_swallowed_pool_timeout_is_still_inside_the_transaction(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    engine = create_async_engine(
+        persistence_database.url, pool_size=1, max_overflow=0, pool_timeout=0.1
+    )
+    try:
+        holder = await AsyncUnitOfWork(engine).__aenter__()
+        await holder.tasks.create(user_id=f"{user}-holder", title="holds the only connection")
+        with pytest.raises(Boom):
+            async with AsyncUnitOfWork(engine) as uow:
+                with pytest.raises(PoolTimeoutError):
+                    await uow.tasks.create(user_id=user, title="no connection for it")
+                await holder.__aexit__(None, None, None)
+                await uow.tasks.create(user_id=user, title="undone with the unit")
+                raise Boom
+        assert committed_count(persistence_engine, user) == 0
+    finally:
+        await engine.dispose()
 
 
 def test_after_one_dead_connection_every_older_one_is_replaced(
