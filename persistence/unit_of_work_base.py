@@ -208,6 +208,9 @@ class UnitOfWorkBase:
         self._began = False  # a statement was sent since the last commit or rollback
         self._wrote = False  # a write was sent in the current transaction
         self._xid: str | None = None
+        # An operation was interrupted half-way (a cancelled task, KeyboardInterrupt):
+        # what reached the server is unknown, even whether its BEGIN did.
+        self._interrupted = False
 
     def _start(self, *, joined: bool, deadlines: Deadlines) -> None:
         if self._active:
@@ -323,6 +326,8 @@ class UnitOfWorkBase:
         return (statement,), None
 
     def _usable(self, action: str, aborted: bool) -> None:
+        if self._interrupted:
+            raise _interrupted_error(action, "roll back first (or leave the block)")
         if self._lost is not None:
             raise ConnectionLostError(
                 f"{action}: the database connection was lost earlier in this unit of work; "
@@ -359,9 +364,7 @@ class UnitOfWorkBase:
                 logger.info("the pooled connection was dead; %s again on a new one", action)
                 results = yield from self._again(action, batch, Reconnect(), state)
         except BaseException:
-            # Interrupted (a cancelled task): what was sent is unknown, so the end of the
-            # block rolls back whatever may have begun.
-            self._began = True
+            self._interrupt()
             raise
         else:
             if check is not None:
@@ -403,7 +406,17 @@ class UnitOfWorkBase:
             error = translate(again, action)
             self._fail(error, state)
             _raise(error, again)
+        except BaseException:
+            self._interrupt()
+            raise
         return results
+
+    def _interrupt(self) -> None:
+        # What was sent is unknown: the unit refuses every operation and the commit until
+        # it is rolled back (the end of the block after an exception rolls back anyway).
+        # Believing a BEGIN sent that never left would let later writes autocommit.
+        self._began = True
+        self._interrupted = True
 
     def _fail(self, error: PersistenceError, state: str | None) -> None:
         if isinstance(error, DatabaseUnavailableError) and not isinstance(
@@ -434,6 +447,9 @@ class UnitOfWorkBase:
                 "committing: the database connection was lost earlier in this unit of "
                 "work: nothing since the last commit was committed"
             ) from lost
+        if self._interrupted:
+            yield from self._rollback_quietly()
+            raise _interrupted_error("committing", "nothing since the last commit was committed")
         state, wrote, xid = self._state, self._wrote, self._xid
         self._reset_transaction()
         if state is None:
@@ -680,6 +696,13 @@ def deadlines(timeout: float | None, idle_in_transaction: float | None) -> Deadl
         return None if seconds is None else max(1, round(seconds * 1000))
 
     return Deadlines(ms(timeout), ms(idle_in_transaction))
+
+
+def _interrupted_error(action: str, outcome: str) -> PersistenceError:
+    return PersistenceError(
+        f"{action}: an earlier operation of this unit of work was interrupted half-way "
+        f"(cancelled), so what it did is unknown: {outcome}"
+    )
 
 
 def _aborted_error(action: str, outcome: str) -> DatabaseError:

@@ -29,6 +29,7 @@ from persistence import (
     create_async_engine,
     dispose_async_engine,
     get_async_engine,
+    pool_stats,
 )
 from persistence.models import Task
 from persistence.testing import TestDatabase
@@ -484,3 +485,36 @@ async def test_the_default_engine_is_built_off_the_loop(
         await uow.tasks.count(user_id="nobody")
     assert built_in
     assert threading.get_ident() not in built_in
+
+
+@pytest.mark.asyncio
+async def test_a_unit_going_on_after_a_cancelled_write_refuses_until_rolled_back(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    # The first write is cancelled while it waits for the pool's only connection: its
+    # BEGIN never left. Carrying on as if it had would let the next write autocommit.
+    engine = create_async_engine(persistence_database.url, pool_size=1, max_overflow=0)
+    try:
+        holder = await AsyncUnitOfWork(engine).__aenter__()
+        await holder.tasks.create(user_id=f"{user}-holder", title="holds the only connection")
+        with pytest.raises(Boom):
+            async with AsyncUnitOfWork(engine) as uow:
+                write = asyncio.ensure_future(uow.tasks.create(user_id=user, title="cancelled"))
+                while pool_stats(engine).waiting == 0:
+                    await asyncio.sleep(0)
+                write.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await write
+                await holder.__aexit__(None, None, None)
+                with pytest.raises(PersistenceError, match="interrupted"):
+                    await uow.tasks.create(user_id=user, title="refused")
+                with pytest.raises(PersistenceError, match="interrupted"):
+                    await uow.commit()
+                await uow.tasks.create(user_id=user, title="after the rollback")
+                raise Boom
+        assert committed_count(persistence_engine, user) == 0
+        async with AsyncUnitOfWork(engine) as uow:  # and after a rollback, it goes on
+            await uow.tasks.create(user_id=user, title="a new unit")
+        assert committed_count(persistence_engine, user) == 1
+    finally:
+        await engine.dispose()
