@@ -150,8 +150,9 @@ class _Core:
         return self.forget(), stale
 
     def forget(self) -> _Waiter | None:
-        """A connection is gone (closed, or never opened): its slot goes to a waiter."""
-        if self.waiters and not self.closed:
+        """A connection is gone (closed, or never opened): its slot goes to a waiter
+        (closed or not: a waiter left waiting would wait out its whole timeout)."""
+        if self.waiters:
             waiter = self.waiters.popleft()
             waiter.may_connect = True
             return waiter
@@ -248,7 +249,16 @@ class ConnectionPool:
         if stale:
             self._close(stale)
         if waiter is not None:
-            if not waiter.signal.wait(core.options.timeout):
+            try:
+                signalled = waiter.signal.wait(core.options.timeout)
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, a signal handler's timeout): the waiter
+                # leaves, and what it was handed meanwhile goes back, or it would be lost.
+                with core.lock:
+                    core.withdraw(waiter)
+                self._give_back(waiter)
+                raise
+            if not signalled:
                 with core.lock:
                     core.withdraw(waiter)
                 if not waiter.served:
@@ -257,6 +267,15 @@ class ConnectionPool:
         if lease is not None:
             return lease
         return self._open()
+
+    def _give_back(self, waiter: _Waiter) -> None:
+        # What a waiter that gave up was handed: the connection, or the slot to open one.
+        if waiter.lease is not None:
+            self.putconn(waiter.lease)
+        elif waiter.may_connect:
+            with self._core.lock:
+                handed = self._core.forget()
+            self._wake(handed)
 
     def _open(self) -> Lease[psycopg.Connection[Any]]:
         core = self._core
@@ -361,7 +380,7 @@ class AsyncConnectionPool:
     async def _give_back(self, waiter: _Waiter) -> None:
         if waiter.lease is not None:
             await self.putconn(waiter.lease)
-        else:
+        elif waiter.may_connect:
             with self._core.lock:
                 handed = self._core.forget()
             self._wake(handed)

@@ -3,8 +3,9 @@ old connections replaced, `engine.dispose()` closing it; counted, never timed.""
 
 from __future__ import annotations
 
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,9 +20,13 @@ from persistence import (
     UnitOfWork,
     create_async_engine,
     create_engine,
+    load_settings,
     pool_stats,
 )
+from persistence.connections import connect_arguments, connector
+from persistence.pool import ConnectionPool, PoolOptions
 from persistence.testing import TestDatabase
+from persistence.urls import normalize_url
 from tests.conftest import backend_pid, committed_count, terminate
 
 
@@ -147,6 +152,71 @@ def test_no_free_connection_within_the_timeout_is_a_clear_error(
         assert _count(engine, user) == 0  # and the pool still serves
     finally:
         engine.dispose()
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    # Wait for another thread to reach a state, bounded; counted, not timed.
+    for _ in range(10_000):
+        if condition():
+            return
+        threading.Event().wait(0.001)
+    raise AssertionError("never reached")
+
+
+class Interrupted(Exception):
+    """What a signal handler raises (a request timeout, say), as KeyboardInterrupt does."""
+
+
+def _pool_of_one(database: TestDatabase) -> ConnectionPool:
+    arguments = connect_arguments(normalize_url(database.url), load_settings(), {})
+    return ConnectionPool(connector(arguments), PoolOptions(min_size=0, max_size=1, timeout=30))
+
+
+def test_a_waiter_interrupted_by_a_signal_loses_the_pool_no_connection(
+    persistence_database: TestDatabase,
+):
+    pool = _pool_of_one(persistence_database)
+
+    def interrupt(*_: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    held = pool.getconn()
+    try:
+        main = threading.get_ident()
+        sender = threading.Thread(
+            target=lambda: (
+                _until(lambda: pool.stats().waiting == 1),
+                signal.pthread_kill(main, signal.SIGUSR1),
+            )
+        )
+        sender.start()
+        with pytest.raises(Interrupted):
+            pool.getconn()  # waits for the one connection, and is interrupted
+        sender.join()
+        pool.putconn(held)
+        assert pool.stats().waiting == 0
+        again = pool.getconn()  # the connection came back to the pool, not to the dead waiter
+        pool.putconn(again)
+        assert pool.stats().opened == 1
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        pool.close()
+
+
+def test_a_waiter_on_a_pool_closed_meanwhile_is_handed_the_freed_place(
+    persistence_database: TestDatabase,
+):
+    pool = _pool_of_one(persistence_database)
+    held = pool.getconn()
+    with ThreadPoolExecutor(1) as thread:
+        waiting = thread.submit(pool.getconn)
+        _until(lambda: pool.stats().waiting == 1)
+        pool.close()  # engine.dispose(): the lent connection is closed when given back
+        pool.putconn(held)
+        lease = waiting.result()  # not a PoolTimeoutError 30 s later
+    pool.putconn(lease)
+    assert pool.stats().size == 0
 
 
 class Boom(Exception):
