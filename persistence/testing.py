@@ -109,9 +109,13 @@ def persistence_database() -> Iterator[TestDatabase]:
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = normalize_url(base).set(database=name).render_as_string(hide_password=False)
+    # The user's read replicas (DATABASE_READ_URL, from the environment or .env) hold the
+    # user's data, not the test database's: read-only units of work read the test
+    # database too. Set, even empty, in the environment, it wins over .env.
+    test_environment = {"DATABASE_URL": url, "DATABASE_READ_URL": ""}
+    previous = {variable: os.environ.get(variable) for variable in test_environment}
+    os.environ.update(test_environment)
     engine = create_engine(url)
-    previous = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = url
     dispose_engine()
     try:
         init_db(engine)
@@ -119,10 +123,11 @@ def persistence_database() -> Iterator[TestDatabase]:
     finally:
         engine.dispose()
         dispose_engine()
-        if previous is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = previous
+        for variable, value in previous.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
 from persistence import AsyncUnitOfWork, UnitOfWork
@@ -81,3 +87,36 @@ def test_the_kit_exports_the_names_users_reach_for():
 
     assert kit.TaskFactory is TaskFactory
     assert kit.FakeAsyncUnitOfWork is AsyncFakeUnitOfWork
+
+
+def test_the_kit_never_reads_the_users_read_replicas(tmp_path: Path):
+    # DATABASE_READ_URL names the user's replicas, holding the user's data: read-only
+    # units of work in tests must read the test database, not those.
+    (tmp_path / "test_reads.py").write_text(
+        textwrap.dedent(
+            """
+            from persistence import UnitOfWork, load_settings
+
+            def test_read_only_units_read_the_test_database(persistence_database):
+                user = "reader"
+                assert load_settings().read_urls == ()
+                with UnitOfWork(persistence_database.engine) as uow:
+                    uow.tasks.create(user_id=user, title="made in the test database")
+                with UnitOfWork(persistence_database.engine, read_only=True) as uow:
+                    titles = [t.title for t in uow.tasks.list(user_id=user)]
+                assert titles == ["made in the test database"]
+            """
+        )
+    )
+    environment = dict(os.environ, DATABASE_READ_URL="postgresql://someone@127.0.0.1:1/prod")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_reads.py"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
