@@ -78,7 +78,9 @@ class _State:
     def parse(cls, text: str) -> _State:
         if not text.strip():
             return cls()
-        raw: dict[str, Any] = json.loads(text)
+        # The first JSON value: a writer killed between writing and truncating leaves
+        # the tail of a longer old state after it.
+        raw: dict[str, Any] = json.JSONDecoder().raw_decode(text.lstrip())[0]
         watchdog = raw.get("watchdog")
         return cls(
             watchdog=(int(watchdog[0]), str(watchdog[1])) if watchdog else None,
@@ -101,10 +103,12 @@ def _locked(path: Path, *, create: bool = True) -> Iterator[_State]:
         yield state
         new = state.dump()
         if new != text:
+            # Written over, then cut to length: never an empty file for a moment (read
+            # as "released", it would end the watchdog).
             file.seek(0)
-            file.truncate()
             file.write(new)
             file.flush()
+            file.truncate()
 
 
 def hold(
@@ -126,12 +130,25 @@ def hold(
     if me is None:
         raise ProcessLookupError(f"no running process {owner}")
     with _locked(state_file(data_dir)) as state:
-        # Under the lock, so a watchdog can't decide to stop the server in between.
-        result = start()
+        # Recorded, and watched, before the server starts: if this process dies while it
+        # starts (it takes seconds the first time), the watchdog stops what was started.
         state.owners = [o for o in state.owners if _alive(o) and o != me] + [me]
-        state.remove = sorted({*state.remove, *(str(path) for path in remove)})
+        added = {str(path) for path in remove} - set(state.remove)
+        state.remove = sorted({*state.remove, *added})
         if state.watchdog is None or not _alive(state.watchdog):
             state.watchdog = _spawn(data_dir, pg_ctl)
+    failure: BaseException | None = None
+    with _locked(state_file(data_dir)) as state:
+        # Under the lock, so a watchdog can't decide to stop the server in between.
+        try:
+            result = start()
+        except BaseException as exc:
+            # Nothing recorded then.
+            state.owners = [o for o in state.owners if o != me]
+            state.remove = [path for path in state.remove if path not in added]
+            failure = exc
+    if failure is not None:
+        raise failure
     return result
 
 

