@@ -209,8 +209,9 @@ class UnitOfWorkBase:
         self._wrote = False  # a write was sent in the current transaction
         self._xid: str | None = None
         # An operation was interrupted half-way (a cancelled task, KeyboardInterrupt):
-        # what reached the server is unknown, even whether its BEGIN did.
-        self._interrupted = False
+        # what reached the server is unknown, even whether its BEGIN did. The number of
+        # savepoints open then: rolling back to one of them undoes it.
+        self._interrupted: int | None = None
 
     def _start(self, *, joined: bool, deadlines: Deadlines) -> None:
         if self._active:
@@ -326,7 +327,7 @@ class UnitOfWorkBase:
         return (statement,), None
 
     def _usable(self, action: str, aborted: bool) -> None:
-        if self._interrupted:
+        if self._interrupted is not None:
             raise _interrupted_error(action, "roll back first (or leave the block)")
         if self._lost is not None:
             raise ConnectionLostError(
@@ -413,10 +414,12 @@ class UnitOfWorkBase:
 
     def _interrupt(self) -> None:
         # What was sent is unknown: the unit refuses every operation and the commit until
-        # it is rolled back (the end of the block after an exception rolls back anyway).
+        # it is rolled back, or a savepoint open before it is (the end of the block after
+        # an exception rolls back anyway).
         # Believing a BEGIN sent that never left would let later writes autocommit.
         self._began = True
-        self._interrupted = True
+        depth = len(self._savepoints)
+        self._interrupted = depth if self._interrupted is None else min(self._interrupted, depth)
 
     def _fail(self, error: PersistenceError, state: str | None) -> None:
         if isinstance(error, DatabaseUnavailableError) and not isinstance(
@@ -447,7 +450,7 @@ class UnitOfWorkBase:
                 "committing: the database connection was lost earlier in this unit of "
                 "work: nothing since the last commit was committed"
             ) from lost
-        if self._interrupted:
+        if self._interrupted is not None:
             yield from self._rollback_quietly()
             raise _interrupted_error("committing", "nothing since the last commit was committed")
         state, wrote, xid = self._state, self._wrote, self._xid
@@ -573,7 +576,8 @@ class UnitOfWorkBase:
         caller's exception whatever happens to the rollback)."""
         if name not in self._savepoints:
             return  # already ended with the block
-        del self._savepoints[self._savepoints.index(name) :]
+        depth = self._savepoints.index(name) + 1
+        del self._savepoints[depth - 1 :]
         if failure is None:
             self._usable("releasing a savepoint", aborted)
             yield from self._send(
@@ -589,6 +593,8 @@ class UnitOfWorkBase:
         )
         try:
             yield from self._send("rolling back to a savepoint", batch)
+            if self._interrupted is not None and self._interrupted >= depth:
+                self._interrupted = None  # what the interrupted operation did is undone
         except PersistenceError as lost:
             # The caller's own error is what propagates; the whole transaction is rolled
             # back at the end of the block anyway (the server discards it with the

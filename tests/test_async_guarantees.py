@@ -44,7 +44,7 @@ from tests.async_probes import (
     nothing_left_to_the_garbage_collector,
     sleeps_on_the_loop,
 )
-from tests.conftest import committed_count
+from tests.conftest import Lock, committed_count, wait_until_waiting_on_a_lock
 from tests.proxying import async_engine_through
 
 
@@ -516,5 +516,40 @@ async def test_a_unit_going_on_after_a_cancelled_write_refuses_until_rolled_back
         async with AsyncUnitOfWork(engine) as uow:  # and after a rollback, it goes on
             await uow.tasks.create(user_id=user, title="a new unit")
         assert committed_count(persistence_engine, user) == 1
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_a_write_cancelled_inside_a_savepoint_is_undone_with_it_and_the_unit_goes_on(
+    persistence_database: TestDatabase,
+    persistence_engine: Engine,
+    hold_lock: Lock,
+    user: str,
+):
+    engine = create_async_engine(persistence_database.url, pool_size=1, max_overflow=0)
+    try:
+        async with AsyncUnitOfWork(engine) as setup:
+            task = await setup.tasks.create(user_id=user, title="locked")
+        release = hold_lock(f"SELECT 1 FROM tasks WHERE id = {task.id} FOR UPDATE")
+        async with AsyncUnitOfWork(engine) as uow:
+            await uow.tasks.create(user_id=user, title="before the savepoint")
+            with pytest.raises(asyncio.CancelledError):
+                async with uow.savepoint():
+                    toggle = asyncio.ensure_future(
+                        uow.tasks.toggle_complete(user_id=user, task_id=task.id)
+                    )
+                    await asyncio.to_thread(wait_until_waiting_on_a_lock, persistence_engine)
+                    toggle.cancel()
+                    await toggle
+            release.set()
+            # Rolled back to the savepoint: what the cancelled toggle did is undone, and
+            # the unit of work goes on.
+            await uow.tasks.create(user_id=user, title="after it")
+        assert committed_count(persistence_engine, user) == 3
+        async with AsyncUnitOfWork(engine) as check:
+            stored = await check.tasks.get(user_id=user, task_id=task.id)
+        assert stored is not None
+        assert stored.complete is False
     finally:
         await engine.dispose()
