@@ -34,7 +34,9 @@ __all__ = [
     "Replica",
     "Source",
     "async_connector",
+    "client_settings",
     "connect_arguments",
+    "connect_error",
     "connector",
     "database_of",
     "pool_options",
@@ -56,22 +58,24 @@ ASK_AGAIN_AFTER = 1.0
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 
 
+def client_settings(settings: Settings) -> dict[str, Any]:
+    """What every connection of the package (its units of work's and SQLAlchemy's) asks
+    psycopg for, whoever opens it."""
+    return {
+        # Transaction-mode poolers (Neon's -pooler endpoint, PgBouncer < 1.21) can't keep
+        # protocol-level prepared statements: never let psycopg create them.
+        "prepare_threshold": None,
+        "connect_timeout": settings.connect_timeout,
+        "application_name": "persistence",
+    }
+
+
 def connect_arguments(url: URL, settings: Settings, extra: dict[str, Any]) -> dict[str, Any]:
     """psycopg's `connect()` arguments for `url`: libpq's parameters as SQLAlchemy's
     psycopg dialect reads them from the URL (TLS query parameters pass through), and
     the package's connection settings."""
     _args, found = _DIALECT.create_connect_args(url)  # type: ignore[no-untyped-call]
-    params: dict[str, Any] = dict(found)
-    params.update(
-        autocommit=True,
-        # Transaction-mode poolers (Neon's -pooler endpoint, PgBouncer < 1.21) can't keep
-        # protocol-level prepared statements: never let psycopg create them.
-        prepare_threshold=None,
-        connect_timeout=settings.connect_timeout,
-        application_name="persistence",
-    )
-    params.update(extra)
-    return params
+    return {**found, "autocommit": True, **client_settings(settings), **extra}
 
 
 def pool_options(settings: Settings, overrides: dict[str, Any]) -> PoolOptions:
@@ -182,7 +186,8 @@ class Source(NamedTuple):
 PRIMARY = Source("the database", "DATABASE_URL")
 
 
-def _connect_error(exc: psycopg.Error, source: Source) -> PersistenceError:
+def connect_error(exc: psycopg.Error, source: Source = PRIMARY) -> PersistenceError:
+    """`exc`, raised while connecting to `source`, as the package's error."""
     return translate(exc, f"connecting to {source.server}", connecting=True, setting=source.setting)
 
 
@@ -196,7 +201,7 @@ def connector(
         try:
             return psycopg.Connection.connect(**arguments)
         except psycopg.Error as exc:
-            raise _connect_error(exc, source) from exc
+            raise connect_error(exc, source) from exc
 
     return connect
 
@@ -208,7 +213,7 @@ def async_connector(arguments: dict[str, Any], source: Source = PRIMARY) -> Call
         try:
             return await psycopg.AsyncConnection.connect(**arguments)
         except psycopg.Error as exc:
-            raise _connect_error(exc, source) from exc
+            raise connect_error(exc, source) from exc
 
     return connect
 

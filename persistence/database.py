@@ -14,7 +14,12 @@ from sqlalchemy import create_engine as sa_create_engine
 
 from persistence import statements
 from persistence.config import Settings, load_settings
-from persistence.connections import database_of, remember_options
+from persistence.connections import (
+    client_settings,
+    connect_error,
+    database_of,
+    remember_options,
+)
 from persistence.embedded import embedded_url
 from persistence.errors import is_disconnect, translate
 from persistence.urls import normalize_url
@@ -48,7 +53,7 @@ def _connect_translating(
     try:
         return dialect.connect(*cargs, **cparams)
     except psycopg.Error as exc:
-        raise translate(exc, "connecting to the database", connecting=True) from exc
+        raise connect_error(exc) from exc
 
 
 def engine_arguments(
@@ -57,13 +62,7 @@ def engine_arguments(
     """The URL, `create_engine` keyword arguments and settings shared by both engines."""
     settings = settings or load_settings()
     sa_url = normalize_url(url)
-    connect_args: dict[str, Any] = {
-        # Transaction-mode poolers can't keep protocol-level prepared statements.
-        "prepare_threshold": None,
-        "connect_timeout": settings.connect_timeout,
-        "application_name": "persistence",
-        **overrides.pop("connect_args", {}),
-    }
+    connect_args = {**client_settings(settings), **overrides.pop("connect_args", {})}
     options: dict[str, Any] = {
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
