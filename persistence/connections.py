@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import threading
 import time
 import weakref
@@ -80,14 +81,18 @@ def connect_arguments(url: URL, settings: Settings, extra: dict[str, Any]) -> di
 
 def pool_options(settings: Settings, overrides: dict[str, Any]) -> PoolOptions:
     """The units of work's pool, from the settings and `create_engine`'s keyword
-    arguments (`pool_size`, `max_overflow`, `pool_timeout`, `pool_recycle`)."""
+    arguments (`pool_size`, `max_overflow`, `pool_timeout`, `pool_recycle`; below 0, as
+    in SQLAlchemy: never recycled)."""
     size = int(overrides.get("pool_size", settings.pool_size))
     overflow = int(overrides.get("max_overflow", settings.max_overflow))
+    recycle = float(overrides.get("pool_recycle", settings.pool_recycle))
     return PoolOptions(
         min_size=size,
         max_size=max(size + max(overflow, 0), 1),
         timeout=float(overrides.get("pool_timeout", settings.pool_timeout)),
-        max_lifetime=float(overrides.get("pool_recycle", settings.pool_recycle)),
+        # SQLAlchemy's `pool_recycle=-1`: never (taken as is, every connection would be
+        # too old to lend again, and closed as it comes back).
+        max_lifetime=recycle if recycle >= 0 else math.inf,
         max_idle=settings.pool_idle_timeout,
     )
 

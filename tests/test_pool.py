@@ -139,6 +139,19 @@ def _count(engine: Engine, user: str) -> int:
         return uow.tasks.count(user_id=user)
 
 
+def test_pool_recycle_minus_one_means_never_as_in_sqlalchemy(
+    persistence_database: TestDatabase, user: str
+):
+    engine = create_engine(persistence_database.url, pool_size=1, pool_recycle=-1)
+    try:
+        for _ in range(3):
+            with UnitOfWork(engine) as uow:
+                uow.tasks.count(user_id=user)
+        assert pool_stats(engine).opened == 1
+    finally:
+        engine.dispose()
+
+
 def test_no_free_connection_within_the_timeout_is_a_clear_error(
     persistence_database: TestDatabase, user: str
 ):
