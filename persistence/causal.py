@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 
 from persistence.errors import TaskValidationError
-from persistence.models import check_user_id
+from persistence.models import check_after_token, check_user_id
 
 __all__ = ["LastWrites", "position"]
 
@@ -23,15 +23,12 @@ def position(token: str) -> int:
 
     Raises `TaskValidationError` for something that is not a token.
     """
-    high, slash, low = token.strip().partition("/")
-    try:
-        if not slash:
-            raise ValueError
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        raise TaskValidationError(
-            "after", f"must be a causal token like '16/B374D848', got {token!r}"
-        ) from None
+    # The same rule as `after=`: a token `LastWrites` keeps is one a unit of work takes.
+    checked = check_after_token(token)
+    if checked is None:
+        raise TaskValidationError("after", "must be a causal token like '16/B374D848', got None")
+    high, _slash, low = checked.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 class LastWrites:

@@ -197,10 +197,13 @@ def test_last_writes_carries_each_users_latest_token(cluster: Cluster, engine: E
     assert last_writes.get("someone-else") is None
 
 
-@pytest.mark.parametrize("token", ["yesterday", "16/", 42, "G/1"])
-def test_a_bad_token_is_refused_up_front(token: object):
+@pytest.mark.parametrize("token", ["yesterday", "16/", 42, "G/1", "123456789/0"])
+def test_a_bad_token_is_refused_up_front_by_the_unit_and_by_last_writes(token: object):
     with pytest.raises(TaskValidationError, match="after"):
         UnitOfWork(read_only=True, after=token)
+    if isinstance(token, str):  # what LastWrites keeps, a unit of work must take
+        with pytest.raises(TaskValidationError, match="after"):
+            LastWrites().record("someone", token)
 
 
 def test_a_unit_of_work_that_wrote_nothing_has_no_token(engine: Engine, user: str):
