@@ -491,7 +491,8 @@ class UnitOfWorkBase:
 
     def _committed(self, token: str) -> None:
         self._causal_token = token
-        self._database.committed(position(token))
+        if self._database.replicas:  # what a replica has missed matters only with replicas
+            self._database.committed(position(token))
 
     def _resolve_steps(self, xid: str | None, lost: ConnectionLostError) -> Steps[str]:
         """The connection died while COMMIT was in flight: ask a new connection how the
