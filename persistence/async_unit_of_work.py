@@ -85,8 +85,7 @@ class AsyncUnitOfWork(UnitOfWorkBase):
             isolation_level=isolation_level, read_only=read_only, timeout=timeout, after=after
         )
         self._bind = bind
-        self._busy = False
-        self._idle = asyncio.Event()
+        self._idle = asyncio.Event()  # set: no operation is running
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks = AsyncTaskRepository(self._run)
@@ -194,18 +193,16 @@ class AsyncUnitOfWork(UnitOfWorkBase):
             )
 
     async def _step(self, steps: Steps[T]) -> T:
-        if self._busy:
+        if not self._idle.is_set():
             steps.close()
             raise PersistenceError(
                 "this unit of work is already running an operation: await each one before "
                 "the next, and give each concurrent task its own AsyncUnitOfWork"
             )
-        self._busy = True
         self._idle.clear()
         try:
             return await self._drive(steps)
         finally:
-            self._busy = False
             self._idle.set()
 
     # --- performing the steps' requests ------------------------------------------------
@@ -258,8 +255,8 @@ class AsyncUnitOfWork(UnitOfWorkBase):
     async def _execute(self, batch: Batch) -> list[Any]:
         connection = await self._connected()
         lease = self._lease
-        idle = connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if lease is not None and lease.fresh and idle:
+        # A fresh lease is a new connection, idle (the pool lends no other).
+        if lease is not None and lease.fresh:
             lease.fresh = False
             batch, added = with_session_setup(batch)
             return (await _send(connection, batch))[added:]

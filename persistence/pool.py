@@ -431,11 +431,8 @@ class AsyncConnectionPool:
         its place (a unit of work that can't end on its own loop)."""
         lease.connection.pgconn.finish()
         with self._core.lock:
-            waiter, stale = self._core.release(lease, False, time.monotonic())
+            waiter, _closed = self._core.release(lease, False, time.monotonic())  # [lease]
         self._wake(waiter)
-        for other in stale:
-            if other is not lease:
-                other.connection.pgconn.finish()
 
     def stats(self) -> PoolStats:
         """The pool's counts now."""

@@ -247,8 +247,8 @@ class UnitOfWork(UnitOfWorkBase):
     def _execute(self, batch: Batch) -> list[Any]:
         connection = self._connected()
         lease = self._lease
-        idle = connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if lease is not None and lease.fresh and idle:
+        # A fresh lease is a new connection, idle (the pool lends no other).
+        if lease is not None and lease.fresh:
             lease.fresh = False
             batch, added = with_session_setup(batch)
             return (_send(connection, batch))[added:]
