@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 import pytest
@@ -125,6 +125,27 @@ def test_the_end_of_the_block_waits_for_an_operation_running_on_another_thread(
         stored = uow.tasks.get(user_id=user, task_id=task.id)
     assert stored is not None
     assert stored.complete is True
+
+
+def test_the_end_of_the_block_waits_for_a_read_running_on_another_thread(
+    one_connection: Engine, persistence_engine: Engine, hold_lock: Lock, user: str
+):
+    # A read outside a transaction: nothing on the connection would make the end of the
+    # block queue behind it, so only the unit's own rule does.
+    release = hold_lock("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+    uow = UnitOfWork(one_connection).__enter__()
+    with ThreadPoolExecutor(2) as pool:
+        blocked = pool.submit(uow.tasks.list, user_id=user)
+        wait_until_waiting_on_a_lock(persistence_engine, blocked)
+        ending = pool.submit(uow.__exit__, None, None, None)
+        # Left unanswered a while, the exit must still be waiting, the connection lent.
+        assert not wait([ending], timeout=0.5).done
+        assert checked_out(one_connection) == 1
+        release.set()
+        assert blocked.result() == []
+        ending.result()
+    assert checked_out(one_connection) == 0
+    assert open_transactions(persistence_engine) == 0
 
 
 def test_an_operation_that_checked_just_before_an_exit_on_another_thread_is_refused(
