@@ -191,7 +191,9 @@ def test_last_writes_carries_each_users_latest_token(cluster: Cluster, engine: E
         with UnitOfWork(engine) as uow:
             uow.tasks.create(user_id=user, title=title)
         last_writes.record(user, uow.causal_token)
+    assert last_writes.get(user) == uow.causal_token  # the second's: the latest
     last_writes.record(user, "0/1")  # an older token never replaces a later one
+    assert last_writes.get(user) == uow.causal_token
     with UnitOfWork(engine, read_only=True, after=last_writes.get(user)) as uow:
         assert sorted(t.title for t in uow.tasks.list(user_id=user)) == ["first", "second"]
     assert last_writes.get("someone-else") is None
