@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from persistence import ConfigurationError, UnitOfWork, dispose_engine, load_settings
+from persistence import ConfigurationError, Settings, UnitOfWork, dispose_engine, load_settings
 from persistence.async_database import create_async_engine
 from persistence.connections import database_of
 from persistence.database import create_engine, normalize_url
@@ -291,25 +291,39 @@ def test_cold_start_settings_reach_the_pool_and_the_connection(
 
 
 def test_every_setting_in_env_example_is_read(monkeypatch, tmp_path: Path):
-    # `.env.example` documents every setting: copied as `.env`, each one reaches `Settings`.
+    # `.env.example` documents every setting: given in `.env` a value other than its
+    # default, each one reaches `Settings` (the test suite's own variable excepted).
     text = (ROOT / ".env.example").read_text()
     names = [line.split("=", 1)[0] for line in text.splitlines() if "=" in line and line[0] != "#"]
+    values = {
+        "PERSISTENCE_POOL_SIZE": ("pool_size", "7", 7),
+        "PERSISTENCE_MAX_OVERFLOW": ("max_overflow", "3", 3),
+        "PERSISTENCE_POOL_TIMEOUT": ("pool_timeout", "11", 11.0),
+        "PERSISTENCE_POOL_RECYCLE": ("pool_recycle", "123", 123),
+        "PERSISTENCE_CONNECT_TIMEOUT": ("connect_timeout", "13", 13),
+        "PERSISTENCE_POOL_IDLE_TIMEOUT": ("pool_idle_timeout", "17.5", 17.5),
+        "PERSISTENCE_TIMEOUT": ("timeout", "2.5", 2.5),
+        "PERSISTENCE_IDLE_IN_TRANSACTION_TIMEOUT": ("idle_in_transaction_timeout", "19", 19.0),
+        "DATABASE_READ_URL": (
+            "read_urls",
+            "postgresql://r1/db, postgresql://r2/db",
+            ("postgresql://r1/db", "postgresql://r2/db"),
+        ),
+        "PERSISTENCE_READ_MAX_LAG": ("read_max_lag", "1.5", 1.5),
+        "PERSISTENCE_EMBEDDED_DIR": ("embedded_dir", "elsewhere/pgdata", Path("elsewhere/pgdata")),
+        "TEST_DATABASE_URL": ("test_database_url", "postgresql://t/db", "postgresql://t/db"),
+        "DATABASE_URL": ("database_url", "postgresql://u:p@from-file/db", None),
+    }
+    suite_only = {"PERSISTENCE_TEST_DIRECT_URL"}  # read by tests/conftest.py, not Settings
+    assert set(names) == set(values) | suite_only  # nothing documented goes unread
     for name in names:
         monkeypatch.delenv(name, raising=False)
-    (tmp_path / ".env").write_text(
-        text.replace("PERSISTENCE_TIMEOUT=\n", "PERSISTENCE_TIMEOUT=2.5\n").replace(
-            "DATABASE_READ_URL=\n", "DATABASE_READ_URL=postgresql://r1/db, postgresql://r2/db\n"
-        )
-    )
+    lines = [f"{name}={raw}\n" for name, (_field, raw, _value) in values.items()]
+    (tmp_path / ".env").write_text("".join(lines))
     settings = load_settings(tmp_path)
-    assert settings.database_url is not None
-    assert settings.pool_idle_timeout == 60.0
-    assert settings.timeout == 2.5
-    assert settings.idle_in_transaction_timeout == 60.0
-    assert settings.read_urls == ("postgresql://r1/db", "postgresql://r2/db")
-    assert settings.read_max_lag == 5.0
-    documented = {name.lower().removeprefix("persistence_") for name in names}
-    read = {"database_url", "pool_size", "max_overflow", "pool_timeout", "pool_recycle"}
-    read |= {"connect_timeout", "embedded_dir", "test_database_url", "pool_idle_timeout"}
-    read |= {"timeout", "idle_in_transaction_timeout", "database_read_url", "read_max_lag"}
-    assert read <= documented
+    defaults = Settings(database_url=None)
+    assert settings.database_url == "postgresql://u:p@from-file/db"
+    for name, (field, _raw, value) in values.items():
+        if value is not None:
+            assert getattr(settings, field) == value, name
+            assert getattr(defaults, field) != value, f"{name}: give it a value not its default"
