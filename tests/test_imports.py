@@ -46,6 +46,11 @@ def test_every_public_name_is_importable_and_listed():
 
     for name in persistence.__all__:
         assert getattr(persistence, name) is not None
-    assert set(persistence.__all__) <= set(dir(persistence))
+    # Every name the package resolves lazily is listed, and `import *` gives exactly those.
+    lazy = set(persistence._HOMES)
+    assert lazy <= set(persistence.__all__)
+    star: dict[str, object] = {}
+    exec("from persistence import *", star)
+    assert set(star) - {"__builtins__"} == set(persistence.__all__)
     with pytest.raises(AttributeError):
         persistence.not_a_name  # noqa: B018
