@@ -109,7 +109,7 @@ async def how_it_ends(coro: Coroutine[Any, Any, None], *, cancelled_at_suspensio
     return "finished" if error is None else repr(error)
 
 
-# Two cancellation points leak today (found by the sweep below; each has its own test):
+# Two cancellation points that once leaked (found by the sweep below), each tested here:
 @pytest.mark.asyncio
 async def test_a_cancellation_as_the_block_ends_still_ends_the_transaction(
     small_async_engine: AsyncEngine, persistence_engine: Engine, user: str
@@ -129,7 +129,6 @@ async def test_a_cancellation_as_the_block_ends_still_ends_the_transaction(
 
 
 @pytest.mark.asyncio
-# Older psycopg (3.2) never suspends as it enters a pipeline: there, nothing to leak.
 async def test_a_cancellation_as_the_first_write_starts_leaves_the_connection_usable(
     persistence_database: TestDatabase, user: str, monkeypatch: pytest.MonkeyPatch
 ):

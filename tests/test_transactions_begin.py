@@ -4,9 +4,12 @@ begins it, and the transaction's statements reach the server verbatim."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 from sqlalchemy import Engine
 
-from persistence import UnitOfWork
+from persistence import AsyncUnitOfWork, UnitOfWork, create_async_engine
+from persistence.testing import TestDatabase
+from tests.conftest import committed_count
 
 
 def _status(uow: UnitOfWork) -> psycopg.pq.TransactionStatus:
@@ -48,6 +51,24 @@ def test_a_first_write_of_many_rows_is_rolled_back_with_the_rest(
         pass
     with UnitOfWork(persistence_engine) as uow:
         assert uow.tasks.count(user_id=user) == 0
+
+
+@pytest.mark.asyncio
+async def test_async_a_first_write_of_many_rows_is_rolled_back_with_the_rest(
+    persistence_database: TestDatabase, persistence_engine: Engine, user: str
+):
+    class Boom(Exception):
+        pass
+
+    engine = create_async_engine(persistence_database.url)
+    try:
+        with pytest.raises(Boom):
+            async with AsyncUnitOfWork(engine) as uow:
+                await uow.tasks.create_many(user_id=user, items=[{"title": "a"}, {"title": "b"}])
+                raise Boom
+        assert committed_count(persistence_engine, user) == 0
+    finally:
+        await engine.dispose()
 
 
 def test_percent_signs_reach_the_database_verbatim(uow: UnitOfWork, user: str):
